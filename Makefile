@@ -1,0 +1,92 @@
+# walbust — see README.md.
+#
+#   make demo    throwaway Postgres + Redis, walbust running, rows changed, keys shown vanishing
+#   make test    lint (gofmt, go vet, staticcheck if installed) + unit + e2e tests
+#   make build   bin/walbust
+#   make deps    install the Debian packages postgresql and redis-server when missing
+#
+# demo and test need the PostgreSQL server binaries (/usr/lib/postgresql/*/bin)
+# and redis-server. They only use the binaries: the tests and the demo start
+# their own throwaway servers on free loopback ports and stop them afterwards.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+GO          ?= go
+BIN         ?= bin/walbust
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -X main.version=$(VERSION)
+GOPATH_BIN  := $(shell $(GO) env GOPATH 2>/dev/null)/bin
+STATICCHECK ?= $(GOPATH_BIN)/staticcheck
+TEST_FLAGS  ?= -count=1 -timeout 15m
+
+.PHONY: all bench demo test unit lint fmt-check vet staticcheck build deps clean
+
+all: build
+
+## demo: run the end-to-end demo against throwaway servers (leaves nothing running)
+demo: deps
+	$(GO) run ./demo
+
+## test: lint, then unit and e2e tests (e2e starts its own Postgres and redis-server)
+test: deps lint unit
+
+# unit depends on deps too, so the order holds under make -j.
+unit: deps
+	$(GO) test $(TEST_FLAGS) ./...
+
+## lint: gofmt check, go vet, and staticcheck when it is installed
+lint: fmt-check vet staticcheck
+
+fmt-check:
+	@out="$$(gofmt -l .)"; \
+	if [ -n "$$out" ]; then \
+		echo "gofmt: these files need formatting (run gofmt -w):"; echo "$$out"; exit 1; \
+	fi
+
+vet:
+	$(GO) vet ./...
+
+staticcheck:
+	@if [ -x "$(STATICCHECK)" ]; then \
+		echo "$(STATICCHECK) ./..."; "$(STATICCHECK)" ./...; \
+	else \
+		echo "staticcheck not installed at $(STATICCHECK); skipping (.ci/run installs it)"; \
+	fi
+
+## build: static-ish binary at bin/walbust, version from git describe (or "dev")
+build:
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/walbust
+
+## deps: install postgresql and redis-server from Debian when their binaries are missing.
+# Only installs packages; it never starts or enables anything itself. Note that
+# Debian's postgresql package creates a "main" cluster and, where an init system
+# is running, starts it (port 5432); redis-server's package likewise starts a
+# system redis on 6379 under systemd. walbust's tests and demo do not use those
+# services: they run their own servers on free ports.
+deps:
+	@missing=""; \
+	pg="$$(ls -1 /usr/lib/postgresql/*/bin/postgres 2>/dev/null | head -n1 || true)"; \
+	if [ -z "$$pg" ] || [ ! -x "$$(dirname "$$pg")/initdb" ]; then missing="$$missing postgresql"; fi; \
+	if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then missing="$$missing redis-server"; fi; \
+	if [ -z "$$missing" ]; then \
+		echo "deps: postgresql and redis-server binaries present"; exit 0; \
+	fi; \
+	echo "deps: missing:$$missing; installing Debian packages postgresql redis-server"; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "deps: apt-get not found; install PostgreSQL (server binaries under /usr/lib/postgresql/<ver>/bin) and redis-server yourself" >&2; exit 1; \
+	fi; \
+	sudo=""; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+		if command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
+		else echo "deps: not root and sudo not available; run as root: apt-get install -y postgresql redis-server" >&2; exit 1; fi; \
+	fi; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql redis-server
+
+## bench: the issue-6 benchmark suite (quick scale; BENCH_FLAGS="-scale full" for the issue's sizes)
+bench: deps
+	$(GO) run ./bench $(BENCH_FLAGS)
+
+clean:
+	rm -rf bin

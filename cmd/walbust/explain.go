@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/walbust/walbust/lookup"
+	"github.com/walbust/walbust/mapping"
+	"github.com/walbust/walbust/replication"
+)
+
+// explainCommand prints what walbust would do for one row change, through
+// the same mapper as run, touching nothing in Redis.
+func explainCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, loader := newFlags("explain", stderr)
+	table := fs.String("table", "", "table, as schema.table")
+	opName := fs.String("op", "", "insert, update, delete or truncate")
+	oldJSON := fs.String("old", "", `old row as JSON, e.g. '{"id":1,"team_id":3}' (update, delete)`)
+	newJSON := fs.String("new", "", `new row as JSON (insert, update)`)
+	l, err := loadWith(fs, loader, args, stderr)
+	if err != nil {
+		return err
+	}
+	op, err := parseOp(*opName)
+	if err != nil {
+		return usageError{err}
+	}
+	t := l.reg.Tables[*table]
+	if t == nil {
+		return usageError{fmt.Errorf("--table %q is not in %s (tables: %s)", *table, l.reg.File, strings.Join(l.reg.Names(), ", "))}
+	}
+	oldRow, err := parseRow("--old", *oldJSON)
+	if err != nil {
+		return usageError{err}
+	}
+	newRow, err := parseRow("--new", *newJSON)
+	if err != nil {
+		return usageError{err}
+	}
+	rel, note := explainRelation(ctx, l.cfg.Postgres.URL, *table, oldRow, newRow)
+	change := replication.Change{Op: op, Relation: rel, Old: rowValues(rel, oldRow), New: rowValues(rel, newRow)}
+	var querier mapping.Querier
+	if hasQueries(l.reg) {
+		pool, err := lookup.New(ctx, lookup.Options{URL: l.cfg.Postgres.URL, Attempts: 1})
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		querier = pool
+	}
+	var plan mapping.Plan
+	if err := mapping.NewMapper(l.reg, querier).MapChange(ctx, &change, 0, &plan); err != nil {
+		return err
+	}
+	printPlan(stdout, l.reg.File, *table, op, note, &plan)
+	return nil
+}
+
+func parseOp(s string) (replication.Op, error) {
+	for _, op := range []replication.Op{replication.Insert, replication.Update, replication.Delete, replication.Truncate} {
+		if op.String() == s {
+			return op, nil
+		}
+	}
+	return 0, fmt.Errorf("--op %q: want insert, update, delete or truncate", s)
+}
+
+// parseRow reads a JSON object of column values. Values become the text
+// Postgres would print: strings as they are, numbers as written, booleans
+// as t/f, null as NULL.
+func parseRow(flagName, s string) (map[string]*string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.UseNumber()
+	var raw map[string]any
+	if err := dec.Decode(&raw); err != nil {
+		return nil, fmt.Errorf("%s: not a JSON object: %w", flagName, err)
+	}
+	row := make(map[string]*string, len(raw))
+	for k, v := range raw {
+		var text string
+		switch v := v.(type) {
+		case nil:
+			row[k] = nil
+			continue
+		case string:
+			text = v
+		case json.Number:
+			text = v.String()
+		case bool:
+			text = map[bool]string{true: "t", false: "f"}[v]
+		default:
+			var b bytes.Buffer
+			if err := json.NewEncoder(&b).Encode(v); err != nil {
+				return nil, fmt.Errorf("%s: column %s: %w", flagName, k, err)
+			}
+			text = strings.TrimSpace(b.String())
+		}
+		row[k] = &text
+	}
+	return row, nil
+}
+
+// explainRelation describes the table from the database, so replica identity
+// is as in production; without a database it assumes REPLICA IDENTITY FULL
+// over the columns given.
+func explainRelation(ctx context.Context, url, table string, rows ...map[string]*string) (*replication.Relation, string) {
+	conn, err := connectSQL(ctx, url)
+	if err == nil {
+		defer closeQuietly(ctx, conn)
+		rel, err := replication.DescribeTable(ctx, conn, table)
+		if err == nil {
+			return rel, ""
+		}
+		if !errors.Is(err, replication.ErrNoTable) {
+			return synthesize(table, rows...), fmt.Sprintf("note: could not describe %s (%v); assuming REPLICA IDENTITY FULL", table, err)
+		}
+	}
+	return synthesize(table, rows...), "note: database not reachable; assuming REPLICA IDENTITY FULL over the columns given"
+}
+
+func synthesize(table string, rows ...map[string]*string) *replication.Relation {
+	schema, name, _ := strings.Cut(table, ".")
+	rel := &replication.Relation{Namespace: schema, Name: name, ReplicaIdentity: 'f'}
+	seen := map[string]bool{}
+	var cols []string
+	for _, r := range rows {
+		for c := range r {
+			if !seen[c] {
+				seen[c] = true
+				cols = append(cols, c)
+			}
+		}
+	}
+	sort.Strings(cols)
+	for _, c := range cols {
+		rel.Columns = append(rel.Columns, replication.Column{Name: c, Key: true})
+	}
+	return rel
+}
+
+// rowValues lays a JSON row out in relation column order; columns not given
+// are Missing, as in a key-only old image.
+func rowValues(rel *replication.Relation, row map[string]*string) []replication.Value {
+	if row == nil {
+		return nil
+	}
+	vals := make([]replication.Value, len(rel.Columns))
+	for i, c := range rel.Columns {
+		v, ok := row[c.Name]
+		switch {
+		case !ok:
+			vals[i] = replication.Value{Kind: replication.Missing}
+		case v == nil:
+			vals[i] = replication.Value{Kind: replication.Null}
+		default:
+			vals[i] = replication.Value{Kind: replication.Text, Data: []byte(*v)}
+		}
+	}
+	return vals
+}
+
+func printPlan(w io.Writer, file, table string, op replication.Op, note string, plan *mapping.Plan) {
+	if note != "" {
+		fmt.Fprintln(w, note)
+	}
+	fmt.Fprintf(w, "%s %s: %d invalidation(s), %d rule(s) skipped, %d lookup(s)\n", op, table, len(plan.Invalidations), plan.Skipped, plan.Lookups)
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	for _, inv := range plan.Invalidations {
+		kind := "key"
+		if inv.Pattern {
+			kind = "pattern"
+		}
+		detail := ""
+		switch inv.Action {
+		case mapping.Bump:
+			detail = fmt.Sprintf("set %s to the commit LSN if higher", inv.Aux.For(inv.Key))
+		case mapping.Stale:
+			detail = fmt.Sprintf("move to %s for %s", inv.Aux.For(inv.Key), inv.TTL)
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s:%d:%d\t%s\t%s\n", inv.Action, kind, inv.Key, file, inv.Template.Line, inv.Template.Column, inv.Rule.Name, detail)
+	}
+	tw.Flush()
+	if plan.Unrendered > 0 {
+		fmt.Fprintf(w, "%d key(s) could not be rendered: a value they need was not given (or not sent by the replica identity)\n", plan.Unrendered)
+	}
+	for _, p := range plan.Problems {
+		fmt.Fprintln(w, "problem:", p.Msg)
+	}
+}

@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/walbust/walbust/checkpoint"
+	"github.com/walbust/walbust/invalidator"
+	"github.com/walbust/walbust/lookup"
+	"github.com/walbust/walbust/mapping"
+	"github.com/walbust/walbust/metrics"
+	"github.com/walbust/walbust/pipeline"
+	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/validate"
+)
+
+// daemon is everything run wires together.
+type daemon struct {
+	*loaded
+	store   *checkpoint.File
+	inv     *invalidator.Invalidator
+	querier mapping.Querier
+	metrics *metrics.Metrics
+}
+
+// runCommand streams until SIGINT/SIGTERM: then the batch in flight is
+// finished, checkpointed and confirmed, and walbust exits 0.
+func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error) {
+	l, err := load("run", args, stderr)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// The daemon's last word goes to the structured log too, so log
+		// pipelines see why it stopped.
+		if err != nil {
+			l.log.Error("exiting", zap.Error(err))
+		}
+		_ = l.log.Sync()
+	}()
+	d := &daemon{loaded: l, metrics: metrics.New(version, l.cfg.Postgres.Slot)}
+	d.metrics.InitSeries(l.reg.Names())
+	if d.store, err = checkpoint.Open(l.cfg.Checkpoint.Path); err != nil {
+		return err
+	}
+	d.inv, err = invalidator.New(invalidator.Options{URL: l.cfg.Redis.URL, CAFile: l.cfg.Redis.CAFile, Logger: l.log.Named("redis"), OnResult: d.metrics.RedisResult})
+	if err != nil {
+		return usageError{err}
+	}
+	defer d.inv.Close()
+	if hasQueries(l.reg) {
+		pool, err := lookup.New(ctx, lookup.Options{URL: l.cfg.Postgres.URL, Logger: l.log.Named("lookup"),
+			OnError: func(error) { d.metrics.LookupErrors.Inc() }})
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		d.querier = pool
+	}
+	if l.cfg.Listen != "" {
+		addr, _, err := d.metrics.Listen(ctx, l.cfg.Listen)
+		if err != nil {
+			return err
+		}
+		l.log.Info("serving metrics", zap.String("addr", addr.String()))
+	}
+	if err := d.preflight(ctx); err != nil {
+		return err
+	}
+	bg, stopBackground := context.WithCancel(ctx)
+	defer stopBackground()
+	go every(bg, 2*time.Second, d.pingRedis)
+	go every(bg, 15*time.Second, (&slotWatcher{d: d, conn: lazyConn{url: l.cfg.Postgres.URL}}).poll)
+	if l.cfg.Postgres.HeartbeatInterval > 0 {
+		go every(bg, l.cfg.Postgres.HeartbeatInterval, (&heartbeat{d: d, conn: lazyConn{url: l.cfg.Postgres.URL}}).beat)
+	}
+	for {
+		err := d.stream(ctx)
+		if !errors.Is(err, replication.ErrSlotLost) || ctx.Err() != nil {
+			return err
+		}
+		if err := d.slotLost(ctx, err); err != nil {
+			return err
+		}
+	}
+}
+
+// stream runs one pipeline from the stored checkpoint.
+func (d *daemon) stream(ctx context.Context) error {
+	stored, err := d.store.Load()
+	if err != nil {
+		return err
+	}
+	p := pipeline.New(pipeline.Options{
+		Registry: d.reg, Querier: d.querier, Applier: d.inv, Store: d.store, Logger: d.log, Observer: d.metrics,
+		Checkpoint: stored, ShutdownGrace: d.cfg.ShutdownTimeout,
+	})
+	src := replication.NewStreamer(replication.Options{
+		URL: d.cfg.Postgres.URL, Slot: d.cfg.Postgres.Slot, Publication: d.cfg.Postgres.Publication,
+		StatusInterval: d.cfg.Postgres.StatusInterval, Logger: d.log.Named("replication"),
+		OnRelation: p.CheckRelation, MaxTxChanges: d.cfg.MaxTxChanges, Collapsible: d.hasOnTruncate,
+		OnConnected: d.metrics.Connected, OnReport: d.metrics.Reported,
+	}, stored)
+	d.log.Info("starting", zap.String("version", version), zap.String("slot", d.cfg.Postgres.Slot),
+		zap.Stringer("checkpoint_lsn", stored), zap.String("checkpoint", d.store.Path()), zap.Int("tables", len(d.reg.Tables)))
+	return p.Run(ctx, src)
+}
+
+// hasOnTruncate: only tables with on_truncate rules may have a huge
+// transaction's changes collapsed, since the rules are the fallback.
+func (d *daemon) hasOnTruncate(rel *replication.Relation) bool {
+	t := d.reg.Tables[rel.QualifiedName()]
+	return t != nil && t.OnTruncate != nil
+}
+
+// preflight refuses to start when streaming could only lose invalidations:
+// no slot, a lost slot, or a registry that does not match the database.
+func (d *daemon) preflight(ctx context.Context) error {
+	conn, err := connectSQL(ctx, d.cfg.Postgres.URL)
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(ctx, conn)
+	problems, err := validate.Registry(ctx, conn, d.reg, d.cfg.Postgres.Publication)
+	if err != nil {
+		return err
+	}
+	if len(problems) > 0 {
+		return usageError{fmt.Errorf("deps registry does not match the database (see walbust validate):\n%w", problems)}
+	}
+	for _, w := range d.reg.Warnings {
+		d.log.Warn(w)
+	}
+	slot, err := replication.LookupSlot(ctx, conn, d.cfg.Postgres.Slot)
+	if errors.Is(err, replication.ErrNoSlot) {
+		stored, lerr := d.store.Load()
+		if lerr != nil {
+			return lerr
+		}
+		if stored == 0 {
+			return usageError{fmt.Errorf("replication slot %q does not exist: run `walbust setup` first", d.cfg.Postgres.Slot)}
+		}
+		// A checkpoint without its slot: the slot was dropped, or this is a
+		// promoted standby that never had it.
+		return d.slotLost(ctx, fmt.Errorf("%w: slot %q does not exist but checkpoint %s says walbust streamed from it", replication.ErrSlotLost, d.cfg.Postgres.Slot, stored))
+	}
+	if err != nil {
+		return err
+	}
+	if slot.WALStatus == "lost" {
+		return d.slotLost(ctx, fmt.Errorf("%w: slot %q has wal_status=lost: Postgres removed WAL it still needed", replication.ErrSlotLost, slot.Name))
+	}
+	stored, err := d.store.Load()
+	if err != nil {
+		return err
+	}
+	d.log.Info("resuming", zap.Stringer("slot_confirmed_lsn", slot.ConfirmedFlushLSN), zap.Stringer("checkpoint_lsn", stored),
+		zap.Stringer("from", max(stored, slot.ConfirmedFlushLSN)))
+	return nil
+}
+
+// slotLost applies on_slot_loss. With resync it recreates the slot first and
+// only then invalidates everything derivable from on_truncate rules, so no
+// change falls between the invalidation and the new slot's start.
+func (d *daemon) slotLost(ctx context.Context, cause error) error {
+	if d.cfg.OnSlotLoss != "resync" {
+		return fmt.Errorf("%w\nChanges may have been missed, so caches fed by these tables may be stale. Either set on_slot_loss: resync "+
+			"(recreates the slot and applies every table's on_truncate rules), or flush the affected caches, remove the checkpoint file %s "+
+			"and run `walbust setup`", cause, d.store.Path())
+	}
+	d.log.Error("replication slot lost; resyncing: recreating the slot and invalidating everything derived from published tables",
+		zap.Error(cause), zap.String("slot", d.cfg.Postgres.Slot))
+	conn, err := connectSQL(ctx, d.cfg.Postgres.URL)
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(ctx, conn)
+	if _, err := replication.DropSlot(ctx, conn, d.cfg.Postgres.Slot); err != nil {
+		return err
+	}
+	lsn, err := replication.CreateSlot(ctx, conn, d.cfg.Postgres.Slot)
+	if err != nil {
+		return err
+	}
+	var plan mapping.Plan
+	mapping.NewMapper(d.reg, nil).MapEverything(uint64(lsn), &plan)
+	for _, p := range plan.Problems {
+		d.log.Error("resync cannot invalidate a table's keys; flush them by hand", zap.String("table", p.Table), zap.String("problem", p.Msg))
+	}
+	st, err := d.inv.Apply(ctx, plan.Invalidations)
+	if err != nil {
+		return fmt.Errorf("resync: %w", err)
+	}
+	if err := d.store.Save(lsn); err != nil {
+		return err
+	}
+	d.metrics.SlotResyncs.Inc()
+	d.log.Warn("resync complete", zap.Stringer("slot_lsn", lsn), zap.Int("patterns", st.Patterns),
+		zap.Int("keys_removed_by_patterns", st.PatternMatches), zap.Int("keys", st.Keys))
+	return nil
+}

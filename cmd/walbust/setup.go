@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/validate"
+)
+
+func connectSQL(ctx context.Context, url string) (*pgx.Conn, error) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("connect to postgres: %w", err)
+	}
+	return conn, nil
+}
+
+// setupCommand creates the publication, then the slot (in that order: see
+// replication.EnsureSlot), idempotently.
+func setupCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, loader := newFlags("setup", stderr)
+	printSQL := fs.Bool("print-sql", false, "print the SQL a DBA runs to prepare a least-privilege role, and exit")
+	l, err := loadWith(fs, loader, args, stderr)
+	if err != nil {
+		return err
+	}
+	if *printSQL {
+		return printSetupSQL(stdout, l)
+	}
+	conn, err := connectSQL(ctx, l.cfg.Postgres.URL)
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(ctx, conn)
+	// Problems are shown, not fatal: setup must be able to run before the
+	// schema is final, and validate and run refuse what is still wrong.
+	problems, err := validate.Registry(ctx, conn, l.reg, "")
+	if err != nil {
+		return err
+	}
+	for _, p := range problems {
+		fmt.Fprintln(stderr, "warning:", p.Error())
+	}
+	msg, err := replication.EnsurePublication(ctx, conn, l.cfg.Postgres.Publication, l.reg.Names())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, msg)
+	msg, err = replication.EnsureSlot(ctx, conn, l.cfg.Postgres.Slot)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, msg)
+	return nil
+}
+
+// teardownCommand drops the slot and the publication so a retired
+// deployment stops retaining WAL.
+func teardownCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	l, err := load("teardown", args, stderr)
+	if err != nil {
+		return err
+	}
+	conn, err := connectSQL(ctx, l.cfg.Postgres.URL)
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(ctx, conn)
+	msg, err := replication.DropSlot(ctx, conn, l.cfg.Postgres.Slot)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, msg)
+	msg, err = replication.DropPublication(ctx, conn, l.cfg.Postgres.Publication)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, msg)
+	return nil
+}
+
+// printSetupSQL prints what a DBA runs so walbust needs no superuser: a
+// LOGIN REPLICATION role, the publication (which needs table ownership),
+// the slot, and SELECT grants for validation and lookup queries.
+func printSetupSQL(w io.Writer, l *loaded) error {
+	cfg, err := pgconn.ParseConfig(l.cfg.Postgres.URL)
+	if err != nil {
+		return usageError{fmt.Errorf("postgres url: %w", err)}
+	}
+	role := pgx.Identifier{cfg.User}.Sanitize()
+	tables := make([]string, 0, len(l.reg.Tables))
+	schemas := map[string]bool{}
+	for _, name := range l.reg.Names() {
+		schema, table, _ := strings.Cut(name, ".")
+		schemas[schema] = true
+		tables = append(tables, pgx.Identifier{schema, table}.Sanitize())
+	}
+	fmt.Fprintf(w, "-- Run as a superuser (or the owner of the tables) in database %s.\n", pgx.Identifier{cfg.Database}.Sanitize())
+	fmt.Fprintf(w, "CREATE ROLE %s LOGIN REPLICATION PASSWORD 'change-me';\n", role)
+	fmt.Fprintf(w, "GRANT CONNECT ON DATABASE %s TO %s;\n", pgx.Identifier{cfg.Database}.Sanitize(), role)
+	for _, schema := range slices.Sorted(maps.Keys(schemas)) {
+		fmt.Fprintf(w, "GRANT USAGE ON SCHEMA %s TO %s;\n", pgx.Identifier{schema}.Sanitize(), role)
+	}
+	fmt.Fprintf(w, "-- validate prepares queries and reads the tables' catalog entries:\n")
+	fmt.Fprintf(w, "GRANT SELECT ON %s TO %s;\n", strings.Join(tables, ", "), role)
+	for _, name := range l.reg.Names() {
+		for _, r := range l.reg.Tables[name].Rules {
+			if r.Query != nil {
+				fmt.Fprintf(w, "-- %s:%d: %s %s runs: %s\n--   grant SELECT on the tables it reads.\n", l.reg.File, r.Query.Line, name, r.Name, r.Query.SQL)
+			}
+		}
+	}
+	fmt.Fprintf(w, "CREATE PUBLICATION %s FOR TABLE %s;\n", pgx.Identifier{l.cfg.Postgres.Publication}.Sanitize(), strings.Join(tables, ", "))
+	fmt.Fprintf(w, "-- The slot can be created by the role itself with `walbust setup`, or here:\n")
+	fmt.Fprintf(w, "SELECT pg_create_logical_replication_slot('%s', 'pgoutput');\n", l.cfg.Postgres.Slot)
+	fmt.Fprintf(w, "-- Tables whose key templates use non-key columns need old values on UPDATE/DELETE:\n")
+	for _, t := range tables {
+		fmt.Fprintf(w, "-- ALTER TABLE %s REPLICA IDENTITY FULL;\n", t)
+	}
+	fmt.Fprintf(w, "-- Retiring walbust: SELECT pg_drop_replication_slot('%s'); DROP PUBLICATION %s;\n", l.cfg.Postgres.Slot, pgx.Identifier{l.cfg.Postgres.Publication}.Sanitize())
+	return nil
+}

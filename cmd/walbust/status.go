@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/walbust/walbust/checkpoint"
+	"github.com/walbust/walbust/metrics"
+	"github.com/walbust/walbust/replication"
+)
+
+// statusReport is what `walbust status --json` prints.
+type statusReport struct {
+	Slot        *slotStatus     `json:"slot"`
+	SlotProblem string          `json:"slot_problem,omitempty"`
+	Publication []string        `json:"publication_tables"`
+	Checkpoint  string          `json:"checkpoint_lsn"`
+	Daemon      *metrics.Status `json:"daemon,omitempty"`
+	DaemonError string          `json:"daemon_error,omitempty"`
+}
+
+type slotStatus struct {
+	Name              string `json:"name"`
+	Active            bool   `json:"active"`
+	ActivePID         *int32 `json:"active_pid"`
+	ConfirmedFlushLSN string `json:"confirmed_flush_lsn"`
+	WALStatus         string `json:"wal_status"`
+	SafeWALSize       *int64 `json:"safe_wal_size"`
+	LagBytes          int64  `json:"lag_bytes"`
+}
+
+// errUnhealthy makes status exit non-zero after printing its report.
+var errUnhealthy = errors.New("replication slot missing or lost")
+
+// statusCommand answers "is it keeping up?" from Postgres, the checkpoint
+// file and, when reachable, the daemon itself. It exits 1 when the slot is
+// missing or lost, so it can back an alert.
+func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, loader := newFlags("status", stderr)
+	asJSON := fs.Bool("json", false, "print JSON")
+	l, err := loadWith(fs, loader, args, stderr)
+	if err != nil {
+		return err
+	}
+	var rep statusReport
+	conn, err := connectSQL(ctx, l.cfg.Postgres.URL)
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(ctx, conn)
+	slot, err := replication.LookupSlot(ctx, conn, l.cfg.Postgres.Slot)
+	switch {
+	case errors.Is(err, replication.ErrNoSlot):
+		rep.SlotProblem = "slot does not exist"
+	case err != nil:
+		return err
+	default:
+		rep.Slot = &slotStatus{Name: slot.Name, Active: slot.Active, ActivePID: slot.ActivePID,
+			ConfirmedFlushLSN: slot.ConfirmedFlushLSN.String(), WALStatus: slot.WALStatus, SafeWALSize: slot.SafeWALSize}
+		if err := conn.QueryRow(ctx, `SELECT pg_current_wal_lsn() - $1::pg_lsn`, slot.ConfirmedFlushLSN.String()).Scan(&rep.Slot.LagBytes); err != nil {
+			return fmt.Errorf("measure lag: %w", err)
+		}
+		if slot.WALStatus == "lost" {
+			rep.SlotProblem = "slot is lost (wal_status=lost): changes were missed"
+		}
+	}
+	if rep.Publication, err = replication.PublishedTables(ctx, conn, l.cfg.Postgres.Publication); err != nil {
+		return err
+	}
+	if store, err := checkpoint.Open(l.cfg.Checkpoint.Path); err == nil {
+		if lsn, err := store.Load(); err == nil {
+			rep.Checkpoint = lsn.String()
+		}
+	}
+	if l.cfg.Listen != "" {
+		rep.Daemon, err = fetchDaemonStatus(ctx, l.cfg.Listen)
+		if err != nil {
+			rep.DaemonError = err.Error()
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		printStatus(stdout, l.cfg.Postgres.Slot, l.cfg.Postgres.Publication, l.cfg.Listen, &rep)
+	}
+	if rep.SlotProblem != "" {
+		return errUnhealthy
+	}
+	return nil
+}
+
+func fetchDaemonStatus(ctx context.Context, addr string) (*metrics.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("daemon not reachable at %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	var st metrics.Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, fmt.Errorf("daemon status from %s: %w", addr, err)
+	}
+	return &st, nil
+}
+
+func printStatus(w io.Writer, slotName, publication, listen string, rep *statusReport) {
+	if s := rep.Slot; s != nil {
+		active := "inactive"
+		if s.Active && s.ActivePID != nil {
+			active = fmt.Sprintf("active (pid %d)", *s.ActivePID)
+		}
+		safe := "unlimited"
+		if s.SafeWALSize != nil {
+			safe = bytesString(*s.SafeWALSize)
+		}
+		fmt.Fprintf(w, "slot %s: %s, confirmed %s, lag %s, wal_status %s, safe_wal_size %s\n",
+			s.Name, active, s.ConfirmedFlushLSN, bytesString(s.LagBytes), s.WALStatus, safe)
+	}
+	if rep.SlotProblem != "" {
+		fmt.Fprintf(w, "slot %s: PROBLEM: %s\n", slotName, rep.SlotProblem)
+	}
+	fmt.Fprintf(w, "publication %s: %d table(s) %v\n", publication, len(rep.Publication), rep.Publication)
+	fmt.Fprintf(w, "checkpoint: %s\n", rep.Checkpoint)
+	switch {
+	case rep.Daemon != nil:
+		d := rep.Daemon
+		state := "ready"
+		if !d.Ready {
+			state = "NOT READY: " + d.NotReadyReason
+		}
+		last := "never"
+		if !d.LastCommitTime.IsZero() {
+			last = time.Since(d.LastCommitTime).Round(time.Millisecond).String() + " ago"
+		}
+		fmt.Fprintf(w, "daemon %s (%s): %s, lag %s, last commit applied %s, %d transactions since start\n",
+			listen, d.Version, state, bytesString(int64(d.LagBytes)), last, d.Transactions)
+	case rep.DaemonError != "":
+		fmt.Fprintf(w, "daemon: %s\n", rep.DaemonError)
+	}
+}
+
+func bytesString(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,331 @@
+// Package config loads walbust.yaml and overlays environment variables and
+// flags, in that order of increasing precedence.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/walbust/walbust/internal/yamlnode"
+)
+
+// Config is everything walbust needs to run.
+type Config struct {
+	Postgres   Postgres
+	Redis      Redis
+	Deps       string // path to deps.yaml
+	Checkpoint Checkpoint
+	Log        Log
+	// OnSlotLoss is what to do when the slot is missing or invalidated:
+	// "fail" (exit non-zero) or "resync" (recreate it and apply every
+	// table's on_truncate rules).
+	OnSlotLoss string
+	// MaxTxChanges caps the row changes kept per transaction; larger
+	// transactions fall back to on_truncate rules for tables that have them.
+	MaxTxChanges int
+	// ShutdownTimeout bounds how long a stop waits for the batch in flight.
+	ShutdownTimeout time.Duration
+	// Listen is the address of /metrics, /healthz, /readyz and /status
+	// ("" disables).
+	Listen string
+}
+
+// Postgres says where to stream from.
+type Postgres struct {
+	URL            string
+	Slot           string
+	Publication    string
+	StatusInterval time.Duration // how often the flush position is reported
+	// HeartbeatInterval: how often a heartbeat message is written to the
+	// WAL to measure lag end to end and keep the slot advancing (0: off).
+	HeartbeatInterval time.Duration
+	// PasswordFile holds the password, so it need not sit in the URL.
+	PasswordFile string
+}
+
+// Redis says where the cache lives.
+type Redis struct {
+	URL          string
+	PasswordFile string // the password (ACL or requirepass) kept out of the URL
+	CAFile       string // PEM roots to verify a rediss:// server with
+}
+
+// Checkpoint says where the durable LSN is kept.
+type Checkpoint struct {
+	Path string
+}
+
+// Log configures logging.
+type Log struct {
+	Format string // json | console
+	Level  string // debug | info | warn | error
+}
+
+// setting binds one field to its YAML path, flag and environment variable.
+type setting struct {
+	path  string // dotted YAML path
+	flag  string
+	env   string
+	usage string
+	str   *string
+	dur   *time.Duration
+	num   *int
+	file  bool // a path, resolved against the config file's directory
+}
+
+func (c *Config) settings() []setting {
+	return []setting{
+		{path: "postgres.url", flag: "postgres-url", env: "WALBUST_POSTGRES_URL", str: &c.Postgres.URL, usage: "Postgres connection URL"},
+		{path: "postgres.slot", flag: "slot", env: "WALBUST_SLOT", str: &c.Postgres.Slot, usage: "logical replication slot name"},
+		{path: "postgres.publication", flag: "publication", env: "WALBUST_PUBLICATION", str: &c.Postgres.Publication, usage: "publication name"},
+		{path: "postgres.status_interval", flag: "status-interval", env: "WALBUST_STATUS_INTERVAL", dur: &c.Postgres.StatusInterval, usage: "how often to report the flushed position to Postgres"},
+		{path: "postgres.heartbeat_interval", flag: "heartbeat-interval", env: "WALBUST_HEARTBEAT_INTERVAL", dur: &c.Postgres.HeartbeatInterval, usage: "how often to write a heartbeat through the WAL (0 disables)"},
+		{path: "postgres.password_file", flag: "postgres-password-file", env: "WALBUST_POSTGRES_PASSWORD_FILE", str: &c.Postgres.PasswordFile, file: true, usage: "file holding the Postgres password"},
+		{path: "redis.password_file", flag: "redis-password-file", env: "WALBUST_REDIS_PASSWORD_FILE", str: &c.Redis.PasswordFile, file: true, usage: "file holding the Redis password"},
+		{path: "redis.tls_ca_file", flag: "redis-tls-ca-file", env: "WALBUST_REDIS_TLS_CA_FILE", str: &c.Redis.CAFile, file: true, usage: "PEM CA bundle for rediss:// URLs"},
+		{path: "redis.url", flag: "redis-url", env: "WALBUST_REDIS_URL", str: &c.Redis.URL, usage: "Redis URL (redis:// or rediss://)"},
+		{path: "deps", flag: "deps", env: "WALBUST_DEPS", str: &c.Deps, file: true, usage: "dependency registry (deps.yaml)"},
+		{path: "checkpoint.path", flag: "checkpoint", env: "WALBUST_CHECKPOINT", str: &c.Checkpoint.Path, file: true, usage: "checkpoint file"},
+		{path: "on_slot_loss", flag: "on-slot-loss", env: "WALBUST_ON_SLOT_LOSS", str: &c.OnSlotLoss, usage: "when the slot is missing or lost: fail or resync"},
+		{path: "max_tx_changes", flag: "max-tx-changes", env: "WALBUST_MAX_TX_CHANGES", num: &c.MaxTxChanges, usage: "row changes kept per transaction before falling back to on_truncate rules"},
+		{path: "shutdown_timeout", flag: "shutdown-timeout", env: "WALBUST_SHUTDOWN_TIMEOUT", dur: &c.ShutdownTimeout, usage: "how long a stop waits for the batch in flight"},
+		{path: "listen", flag: "listen", env: "WALBUST_LISTEN", str: &c.Listen, usage: "address for /metrics, /healthz, /readyz, /status (empty disables)"},
+		{path: "log.format", flag: "log-format", env: "WALBUST_LOG_FORMAT", str: &c.Log.Format, usage: "log format: json or console"},
+		{path: "log.level", flag: "log-level", env: "WALBUST_LOG_LEVEL", str: &c.Log.Level, usage: "log level: debug, info, warn, error"},
+	}
+}
+
+// Defaults returns the configuration used where nothing else is said.
+func Defaults() *Config {
+	return &Config{
+		Postgres: Postgres{
+			URL:               "postgres://walbust@localhost:5432/postgres",
+			Slot:              "walbust",
+			Publication:       "walbust",
+			StatusInterval:    10 * time.Second,
+			HeartbeatInterval: 10 * time.Second,
+		},
+		Redis:           Redis{URL: "redis://localhost:6379/0"},
+		Deps:            "deps.yaml",
+		Checkpoint:      Checkpoint{Path: "walbust.checkpoint"},
+		Log:             Log{Format: "json", Level: "info"},
+		OnSlotLoss:      "fail",
+		MaxTxChanges:    100000,
+		ShutdownTimeout: 30 * time.Second,
+		Listen:          "127.0.0.1:9187",
+	}
+}
+
+// Loader registers the configuration flags on a FlagSet and builds the
+// Config once the flags are parsed.
+type Loader struct {
+	cfg        *Config
+	configPath string
+	flags      *flag.FlagSet
+	values     map[string]*string // flag name -> raw flag value
+}
+
+// NewLoader registers --config and one flag per setting on fs.
+func NewLoader(fs *flag.FlagSet) *Loader {
+	l := &Loader{cfg: Defaults(), flags: fs, values: map[string]*string{}}
+	fs.StringVar(&l.configPath, "config", os.Getenv("WALBUST_CONFIG"), "path to walbust.yaml (env WALBUST_CONFIG)")
+	for _, s := range l.cfg.settings() {
+		l.values[s.flag] = fs.String(s.flag, "", fmt.Sprintf("%s (env %s, yaml %s)", s.usage, s.env, s.path))
+	}
+	return l
+}
+
+// Load reads the file (if any), then the environment, then the flags set on
+// the command line. lookupEnv is os.LookupEnv outside tests.
+func (l *Loader) Load(lookupEnv func(string) (string, bool)) (*Config, error) {
+	cfg := l.cfg
+	base := "."
+	if l.configPath != "" {
+		if err := cfg.readFile(l.configPath); err != nil {
+			return nil, err
+		}
+		base = filepath.Dir(l.configPath)
+	}
+	setOnCLI := map[string]bool{}
+	l.flags.Visit(func(f *flag.Flag) { setOnCLI[f.Name] = true })
+	for _, s := range cfg.settings() {
+		raw, source, ok := "", "", false
+		if setOnCLI[s.flag] {
+			raw, source, ok = *l.values[s.flag], "flag --"+s.flag, true
+		} else if v, found := lookupEnv(s.env); found {
+			raw, source, ok = v, "environment variable "+s.env, true
+		}
+		if ok {
+			if err := s.set(raw); err != nil {
+				return nil, fmt.Errorf("%s: %w", source, err)
+			}
+			continue
+		}
+		if s.file && *s.str != "" && !filepath.IsAbs(*s.str) {
+			// Relative paths from the file, and defaults, mean "next to the
+			// config file", so a config works from any working directory.
+			// Flags and environment variables stay relative to the shell's.
+			*s.str = filepath.Join(base, *s.str)
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.applyPasswordFiles(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// applyPasswordFiles puts the passwords from files into the URLs, so every
+// client gets them the same way. URLs are never logged.
+func (c *Config) applyPasswordFiles() error {
+	for _, p := range []struct {
+		name string
+		file string
+		url  *string
+	}{{"postgres", c.Postgres.PasswordFile, &c.Postgres.URL}, {"redis", c.Redis.PasswordFile, &c.Redis.URL}} {
+		if p.file == "" {
+			continue
+		}
+		data, err := os.ReadFile(p.file)
+		if err != nil {
+			return fmt.Errorf("%s.password_file: %w", p.name, err)
+		}
+		u, err := url.Parse(*p.url)
+		if err != nil || u.Scheme == "" {
+			return fmt.Errorf("%s.password_file needs %s.url in URL form (scheme://user@host/...)", p.name, p.name)
+		}
+		user := ""
+		if u.User != nil {
+			user = u.User.Username()
+		}
+		u.User = url.UserPassword(user, strings.TrimRight(string(data), "\r\n"))
+		*p.url = u.String()
+	}
+	return nil
+}
+
+func (s setting) set(raw string) error {
+	if s.dur != nil {
+		d, err := time.ParseDuration(raw)
+		if err != nil {
+			return fmt.Errorf("invalid duration %q: %w", raw, err)
+		}
+		*s.dur = d
+		return nil
+	}
+	if s.num != nil {
+		n, err := strconv.Atoi(raw)
+		if err != nil {
+			return fmt.Errorf("invalid integer %q", raw)
+		}
+		*s.num = n
+		return nil
+	}
+	*s.str = raw
+	return nil
+}
+
+// readFile applies the YAML file.
+func (c *Config) readFile(path string) error {
+	doc, err := yamlnode.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	byPath := map[string]setting{}
+	sections := map[string][]string{}
+	for _, s := range c.settings() {
+		byPath[s.path] = s
+		section, key, nested := strings.Cut(s.path, ".")
+		if nested {
+			sections[section] = append(sections[section], key)
+		} else {
+			sections[s.path] = nil
+		}
+	}
+	top := make([]string, 0, len(sections))
+	for k := range sections {
+		top = append(top, k)
+	}
+	apply := func(f yamlnode.Field) {
+		s := byPath[f.Path]
+		v, ok := doc.String(f)
+		if !ok {
+			return
+		}
+		if err := s.set(v); err != nil {
+			doc.Errorf(f.Value, f.Path, "%v", err)
+		}
+	}
+	for _, f := range doc.Mapping(doc.Root, "", top...) {
+		keys := sections[f.Path]
+		if keys == nil {
+			apply(f)
+			continue
+		}
+		for _, sub := range doc.Mapping(f.Value, f.Path, keys...) {
+			apply(sub)
+		}
+	}
+	return doc.Errs.Err()
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	required := map[string]string{
+		"postgres.url": c.Postgres.URL, "postgres.slot": c.Postgres.Slot,
+		"postgres.publication": c.Postgres.Publication, "redis.url": c.Redis.URL,
+		"deps": c.Deps, "checkpoint.path": c.Checkpoint.Path,
+	}
+	for _, s := range c.settings() {
+		if v, ok := required[s.path]; ok && v == "" {
+			errs = append(errs, fmt.Errorf("%s (--%s, %s) must not be empty", s.path, s.flag, s.env))
+		}
+	}
+	if !validIdentifier(c.Postgres.Slot) {
+		errs = append(errs, fmt.Errorf("postgres.slot %q: use lower-case letters, digits and underscores", c.Postgres.Slot))
+	}
+	if c.Postgres.HeartbeatInterval < 0 {
+		errs = append(errs, fmt.Errorf("postgres.heartbeat_interval must not be negative"))
+	}
+	if c.Postgres.StatusInterval <= 0 {
+		errs = append(errs, fmt.Errorf("postgres.status_interval must be positive"))
+	}
+	if c.OnSlotLoss != "fail" && c.OnSlotLoss != "resync" {
+		errs = append(errs, fmt.Errorf("on_slot_loss %q: must be fail or resync", c.OnSlotLoss))
+	}
+	if c.MaxTxChanges < 1000 {
+		errs = append(errs, fmt.Errorf("max_tx_changes %d: must be at least 1000", c.MaxTxChanges))
+	}
+	if c.ShutdownTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("shutdown_timeout must be positive"))
+	}
+	if !validIdentifier(c.Postgres.Publication) {
+		errs = append(errs, fmt.Errorf("postgres.publication %q: use lower-case letters, digits and underscores", c.Postgres.Publication))
+	}
+	if c.Log.Format != "json" && c.Log.Format != "console" {
+		errs = append(errs, fmt.Errorf("log.format %q: must be json or console", c.Log.Format))
+	}
+	return errors.Join(errs...)
+}
+
+// validIdentifier is Postgres's rule for replication slot names.
+func validIdentifier(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,131 @@
+package throwaway
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// tempDir is like t.TempDir but under os.TempDir directly: t.TempDir's
+// parent is private to root, and as root postgres runs as another user.
+func tempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "throwaway-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func TestPostgres(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := tempDir(t)
+	pg, err := StartPostgres(ctx, dir, WithSetting("max_connections", "30"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := pg.Close(); err != nil {
+			t.Error(err)
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("Close left %s behind (stat: %v)", dir, err)
+		}
+	}()
+
+	if err := pg.CreateDatabase(ctx, "app"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pg.Exec(ctx, "app", "SET synchronous_commit = on; CREATE TABLE t (id int); INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pg.Connect(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var walLevel string
+	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&walLevel); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	if walLevel != "logical" {
+		t.Errorf("wal_level = %q, want logical", walLevel)
+	}
+
+	// A crash and a restart keep the port and the data committed with
+	// synchronous_commit on (the server default is off; see Kill).
+	port := pg.Port()
+	if err := pg.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if pg.Running() {
+		t.Fatal("still running after Kill")
+	}
+	if err := pg.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if pg.Port() != port {
+		t.Errorf("port changed from %d to %d", port, pg.Port())
+	}
+	if err := pg.Exec(ctx, "app", "INSERT INTO t SELECT 2 FROM t WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pg.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := pg.Exec(ctx, "app", "SELECT 1"); err == nil {
+		t.Error("Exec succeeded after Stop")
+	}
+}
+
+func TestPostgresStartFailureShowsLog(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, err := StartPostgres(ctx, tempDir(t), WithSetting("no_such_setting", "1"))
+	if err == nil {
+		t.Fatal("started with an unknown setting")
+	}
+	if want := "no_such_setting"; !strings.Contains(err.Error(), want) {
+		t.Errorf("error does not show the server log (want %q in it):\n%v", want, err)
+	}
+}
+
+func TestRedis(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r, err := StartRedis(ctx, filepath.Join(tempDir(t), "redis"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	c := r.Client()
+	defer c.Close()
+	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	addr := r.Addr()
+	if err := r.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r.Addr() != addr {
+		t.Errorf("address changed from %s to %s", addr, r.Addr())
+	}
+	n, err := c.Exists(ctx, "k").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Error("data survived a restart; Redis should come back empty")
+	}
+	if err := r.Close(); err != nil {
+		t.Error(err)
+	}
+}

@@ -1,0 +1,125 @@
+// Package lookup runs the queries of derived deps.yaml rules against
+// Postgres on a small pool, with a statement timeout and retries.
+package lookup
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/walbust/walbust/replication"
+)
+
+// Options configures a Pool.
+type Options struct {
+	URL              string
+	MaxConns         int32
+	StatementTimeout time.Duration
+	Attempts         int // tries per lookup before giving up
+	Logger           *zap.Logger
+	// OnError is called for every failed attempt (for metrics).
+	OnError func(error)
+}
+
+// Pool runs lookup queries.
+type Pool struct {
+	pool *pgxpool.Pool
+	opts Options
+}
+
+// New creates the pool; connections are opened on first use.
+func New(ctx context.Context, opts Options) (*Pool, error) {
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = 4
+	}
+	if opts.StatementTimeout <= 0 {
+		opts.StatementTimeout = 5 * time.Second
+	}
+	if opts.Attempts <= 0 {
+		opts.Attempts = 3
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	cfg, err := pgxpool.ParseConfig(opts.URL)
+	if err != nil {
+		return nil, fmt.Errorf("parse postgres url: %w", err)
+	}
+	cfg.MaxConns = opts.MaxConns
+	rp := cfg.ConnConfig.RuntimeParams
+	replication.PinSessionSettings(rp)
+	rp["statement_timeout"] = fmt.Sprint(opts.StatementTimeout.Milliseconds())
+	// Parameters are sent as text and typed by the server, so a key value
+	// such as "42" binds to an integer column exactly as written.
+	cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+	p, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("lookup pool: %w", err)
+	}
+	return &Pool{pool: p, opts: opts}, nil
+}
+
+// Close closes the pool.
+func (p *Pool) Close() { p.pool.Close() }
+
+// Lookup implements mapping.Querier: it returns the result in text form, the
+// way pgoutput prints row values, so keys render identically.
+func (p *Pool) Lookup(ctx context.Context, sql string, args []any) ([]string, [][][]byte, error) {
+	var err error
+	backoff := 100 * time.Millisecond
+	for attempt := 1; attempt <= p.opts.Attempts; attempt++ {
+		var cols []string
+		var rows [][][]byte
+		cols, rows, err = p.lookupOnce(ctx, sql, args)
+		if err == nil {
+			return cols, rows, nil
+		}
+		if p.opts.OnError != nil {
+			p.opts.OnError(err)
+		}
+		if ctx.Err() != nil || attempt == p.opts.Attempts {
+			break
+		}
+		p.opts.Logger.Warn("lookup query failed; retrying", zap.Error(err), zap.Int("attempt", attempt))
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+		}
+		backoff *= 2
+	}
+	return nil, nil, err
+}
+
+func (p *Pool) lookupOnce(ctx context.Context, sql string, args []any) ([]string, [][][]byte, error) {
+	qargs := append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)
+	rows, err := p.pool.Query(ctx, sql, qargs...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	fields := rows.FieldDescriptions()
+	cols := make([]string, len(fields))
+	for i, f := range fields {
+		cols[i] = f.Name
+	}
+	var out [][][]byte
+	for rows.Next() {
+		raw := rows.RawValues() // valid until Next: copy
+		vals := make([][]byte, len(raw))
+		for i, v := range raw {
+			if v != nil {
+				vals[i] = append([]byte{}, v...)
+			}
+		}
+		out = append(out, vals)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	return cols, out, nil
+}

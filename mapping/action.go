@@ -1,0 +1,66 @@
+package mapping
+
+import (
+	"fmt"
+	"time"
+)
+
+// Action is what to do with a key.
+type Action uint8
+
+// Actions.
+const (
+	// Delete removes the key (UNLINK).
+	Delete Action = iota + 1
+	// Bump raises the key's version (stored at VersionKey) to the commit LSN,
+	// never lowering it, so readers that put the version in their cache key
+	// stop reading the old entry.
+	Bump
+	// Stale moves the value to StaleKey with a TTL and removes the live key,
+	// so a reader whose refresh fails can serve the last good value.
+	Stale
+)
+
+func (a Action) String() string {
+	switch a {
+	case Delete:
+		return "delete"
+	case Bump:
+		return "bump"
+	case Stale:
+		return "stale"
+	}
+	return "unknown"
+}
+
+// ParseAction parses an action name from deps.yaml.
+func ParseAction(s string) (Action, error) {
+	switch s {
+	case "delete":
+		return Delete, nil
+	case "bump":
+		return Bump, nil
+	case "stale":
+		return Stale, nil
+	}
+	return Delete, fmt.Errorf("unknown action %q (delete, bump, stale)", s)
+}
+
+// Invalidation is one thing to do to Redis.
+type Invalidation struct {
+	Action Action
+	// Key is the cache key, or a SCAN MATCH pattern when Pattern is set.
+	Key     string
+	Pattern bool
+	// Version is the commit LSN a Bump raises the version to.
+	Version uint64
+	// Aux derives the companion key: the version key for Bump, the stale
+	// key for Stale.
+	Aux KeyFormat
+	// TTL is how long a Stale value survives.
+	TTL time.Duration
+
+	Table    string    // the table whose change produced it
+	Rule     *Rule     // the deps.yaml rule that produced it
+	Template *Template // the template within the rule
+}

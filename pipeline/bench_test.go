@@ -1,0 +1,60 @@
+package pipeline
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/walbust/walbust/internal/pgoutputtest"
+	"github.com/walbust/walbust/mapping"
+	"github.com/walbust/walbust/replication"
+)
+
+const benchDeps = `version: 1
+tables:
+  public.products:
+    keys: ["product:{id}", "category:{category_id}:products", "product-by-sku:{sku}"]
+`
+
+// BenchmarkDecodeAndMap measures the per-change cost of turning pgoutput
+// UPDATE messages into deduplicated invalidations: the CPU walbust spends
+// per row before Redis.
+func BenchmarkDecodeAndMap(b *testing.B) {
+	reg, err := mapping.Parse("bench.yaml", []byte(benchDeps))
+	if err != nil {
+		b.Fatal(err)
+	}
+	cols := []pgoutputtest.Column{{Name: "id", Key: true}, {Name: "category_id"}, {Name: "sku"}, {Name: "name"}, {Name: "price_cents"}}
+	const rows = 1000
+	msgs := [][]byte{pgoutputtest.Relation(1, "public", "products", 'f', cols), pgoutputtest.Begin(1, time.Now(), 7)}
+	for i := range rows {
+		id := []byte(strconv.Itoa(i))
+		old := []pgoutputtest.Value{id, []byte("3"), []byte("sku-" + string(id)), []byte("Widget"), []byte("1000")}
+		new := []pgoutputtest.Value{id, []byte("4"), []byte("sku-" + string(id)), []byte("Widget"), []byte("1100")}
+		msgs = append(msgs, pgoutputtest.Update(1, 'O', old, new))
+	}
+	msgs = append(msgs, pgoutputtest.Commit(2, 3, time.Now()))
+	mapper := mapping.NewMapper(reg, nil)
+	var plan mapping.Plan
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		dec := replication.NewDecoder()
+		var tx *replication.Transaction
+		for _, m := range msgs {
+			if tx, _, err = dec.Decode(m); err != nil {
+				b.Fatal(err)
+			}
+		}
+		plan.Reset()
+		if err := mapper.Map(ctx, tx, &plan); err != nil {
+			b.Fatal(err)
+		}
+		if len(plan.Invalidations) != rows*2+2 {
+			b.Fatalf("%d invalidations", len(plan.Invalidations))
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*rows), "ns/change")
+}

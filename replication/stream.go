@@ -1,0 +1,389 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+)
+
+// Acknowledger reports how far the consumer of the stream has durably
+// applied what it was given. Only acknowledged positions are ever reported to
+// Postgres as flushed, so the slot never releases WAL whose invalidations
+// have not reached Redis.
+type Acknowledger interface {
+	// Acknowledged returns the end LSN of the last transaction applied and
+	// saved, and how many delivered transactions have been applied in total.
+	Acknowledged() (lsn LSN, applied uint64)
+}
+
+// Options configures a Streamer.
+type Options struct {
+	URL            string
+	Slot           string
+	Publication    string
+	StatusInterval time.Duration // periodic standby status updates
+	// ServerTimeout: no message from the server for this long means the
+	// connection is dead (half-open TCP), and we reconnect.
+	ServerTimeout time.Duration
+	Logger        *zap.Logger
+	// OnRelation is called in the streaming goroutine for every Relation
+	// message, so its schema can be checked against the registry.
+	OnRelation func(*Relation)
+	// MaxTxChanges and Collapsible bound a transaction's memory: see
+	// Decoder.MaxChanges.
+	MaxTxChanges int
+	Collapsible  func(*Relation) bool
+	// OnConnected is told when streaming starts (true) and stops (false).
+	OnConnected func(bool)
+	// OnReport is told the server's WAL end and the confirmed position at
+	// every status update.
+	OnReport func(serverWALEnd, confirmed LSN)
+}
+
+// Streamer reads a logical replication slot and delivers committed
+// transactions in commit order. It reconnects on connection failures and
+// resumes from the acknowledged position.
+type Streamer struct {
+	opts Options
+	log  *zap.Logger
+	dec  *Decoder
+	conn *pgconn.PgConn
+
+	delivered     uint64 // transactions handed to out, in total
+	lastDelivered LSN    // end LSN of the last transaction handed to out
+	received      LSN    // highest WAL position received
+	serverWALEnd  LSN    // highest WAL end the server reported
+	idleWALEnd    LSN    // server WAL end seen in a keepalive while between transactions
+	reported      LSN    // flush position last sent
+	lastReport    time.Time
+	lastServerMsg time.Time
+}
+
+// NewStreamer returns a Streamer that will skip every transaction ending at
+// or before checkpoint: those were already applied.
+func NewStreamer(opts Options, checkpoint LSN) *Streamer {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.StatusInterval <= 0 {
+		opts.StatusInterval = 10 * time.Second
+	}
+	if opts.ServerTimeout <= 0 {
+		opts.ServerTimeout = 3 * opts.StatusInterval
+	}
+	dec := NewDecoder()
+	dec.MaxChanges, dec.Collapsible = opts.MaxTxChanges, opts.Collapsible
+	return &Streamer{opts: opts, log: opts.Logger, dec: dec, lastDelivered: checkpoint, reported: checkpoint}
+}
+
+// ErrFatal marks errors that reconnecting cannot fix.
+var ErrFatal = errors.New("fatal replication error")
+
+// ErrSlotLost means the slot is gone or invalidated: changes were or may
+// have been missed, and only a resync can restore correctness.
+var ErrSlotLost = errors.New("replication slot lost")
+
+// Stream delivers committed transactions to out until ctx is done or a fatal
+// error occurs. The connection stays open afterwards so Close can report the
+// final position.
+func (s *Streamer) Stream(ctx context.Context, out chan<- *Transaction, ack Acknowledger) error {
+	backoff := time.Second
+	for {
+		err := s.session(ctx, out, ack)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrFatal) || errors.Is(err, ErrSlotLost) {
+			return err
+		}
+		s.closeConn()
+		level := zap.WarnLevel
+		if isSlotInUse(err) {
+			// A standby waiting for the active instance's slot: poll often so
+			// a takeover happens within seconds.
+			level, backoff = zap.InfoLevel, time.Second
+		}
+		wait := jitter(backoff)
+		s.log.Check(level, "replication interrupted; reconnecting").Write(zap.Error(err), zap.Duration("retry_in", wait))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, 10*time.Second)
+		if err == nil || s.lastServerMsg.After(time.Now().Add(-time.Minute)) {
+			backoff = time.Second
+		}
+	}
+}
+
+// session runs one connection from connect to failure or ctx done.
+func (s *Streamer) session(ctx context.Context, out chan<- *Transaction, ack Acknowledger) error {
+	conn, err := Connect(ctx, s.opts.URL)
+	if err != nil {
+		return classify(err)
+	}
+	s.conn = conn
+	s.dec.Reset()
+	// Start from what is durably applied: anything after it that is still
+	// queued for the applier is skipped on arrival by lastDelivered.
+	start, _ := ack.Acknowledged()
+	err = pglogrepl.StartReplication(ctx, conn, s.opts.Slot, start, pglogrepl.StartReplicationOptions{
+		PluginArgs: pluginArgs(conn, s.opts.Publication),
+	})
+	if err != nil {
+		return classify(fmt.Errorf("start replication on slot %s: %w", s.opts.Slot, err))
+	}
+	s.lastServerMsg = time.Now()
+	s.connected(true)
+	defer s.connected(false)
+	s.log.Info("streaming", zap.String("slot", s.opts.Slot), zap.String("publication", s.opts.Publication), zap.Stringer("start_lsn", start))
+	for {
+		if err := s.maybeReport(ctx, ack, false); err != nil {
+			return err
+		}
+		msg, err := s.receive(ctx, ack)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if pgconn.Timeout(err) {
+				if time.Since(s.lastServerMsg) > s.opts.ServerTimeout {
+					return fmt.Errorf("no message from the server for %s", s.opts.ServerTimeout)
+				}
+				continue
+			}
+			return classify(fmt.Errorf("receive: %w", err))
+		}
+		s.lastServerMsg = time.Now()
+		if err := s.handle(ctx, msg, out, ack); err != nil {
+			return err
+		}
+	}
+}
+
+// pluginArgs asks for protocol 2 with streaming where the server has it
+// (14+): Postgres then sends large transactions while they run instead of
+// spilling them to disk and sending them all at commit.
+func pluginArgs(conn *pgconn.PgConn, publication string) []string {
+	args := []string{fmt.Sprintf("publication_names '%s'", publication)}
+	var major int
+	fmt.Sscanf(conn.ParameterStatus("server_version"), "%d", &major)
+	if major >= 14 {
+		return append(args, "proto_version '2'", "streaming 'on'", "messages 'true'")
+	}
+	return append(args, "proto_version '1'")
+}
+
+// receive waits for one message, briefly when there is an acknowledgement
+// to report so the slot advances promptly, else until the next status update.
+func (s *Streamer) receive(ctx context.Context, ack Acknowledger) (pgproto3.BackendMessage, error) {
+	wait := time.Until(s.lastReport.Add(s.opts.StatusInterval))
+	if lsn, applied := ack.Acknowledged(); lsn > s.reported || applied < s.delivered {
+		wait = min(wait, 50*time.Millisecond)
+	}
+	rctx, cancel := context.WithTimeout(ctx, max(wait, time.Millisecond))
+	defer cancel()
+	return s.conn.ReceiveMessage(rctx)
+}
+
+func (s *Streamer) handle(ctx context.Context, msg pgproto3.BackendMessage, out chan<- *Transaction, ack Acknowledger) error {
+	switch m := msg.(type) {
+	case *pgproto3.CopyData:
+		if len(m.Data) == 0 {
+			return fmt.Errorf("empty CopyData message")
+		}
+		switch m.Data[0] {
+		case pglogrepl.PrimaryKeepaliveMessageByteID:
+			ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+			if err != nil {
+				return fmt.Errorf("parse keepalive: %w", err)
+			}
+			s.serverWALEnd = max(s.serverWALEnd, ka.ServerWALEnd)
+			if !s.dec.InTransaction() && ka.ServerWALEnd > s.idleWALEnd {
+				s.idleWALEnd = ka.ServerWALEnd
+			}
+			return s.maybeReport(ctx, ack, ka.ReplyRequested)
+		case pglogrepl.XLogDataByteID:
+			// WALData aliases pgconn's receive buffer; it is decoded here, in
+			// this goroutine, and the decoder copies what it keeps.
+			xld, err := pglogrepl.ParseXLogData(m.Data[1:])
+			if err != nil {
+				return fmt.Errorf("parse XLogData: %w", err)
+			}
+			s.serverWALEnd = max(s.serverWALEnd, xld.ServerWALEnd)
+			if end := xld.WALStart + LSN(len(xld.WALData)); end > s.received {
+				s.received = end
+			}
+			tx, rel, err := s.dec.Decode(xld.WALData)
+			if err != nil {
+				return fmt.Errorf("%w: decode at %s: %v", ErrFatal, xld.WALStart, err)
+			}
+			if rel != nil && s.opts.OnRelation != nil {
+				s.opts.OnRelation(rel)
+			}
+			if tx != nil {
+				return s.deliver(ctx, tx, out, ack)
+			}
+		}
+		return nil
+	case *pgproto3.CopyDone:
+		return fmt.Errorf("server ended the replication stream")
+	case *pgproto3.ErrorResponse:
+		return classify(pgconn.ErrorResponseToPgError(m))
+	}
+	return nil
+}
+
+// deliver hands tx to the applier, skipping transactions already applied
+// (the server resends from the slot's confirmed position after a reconnect).
+// While the applier is busy it keeps the walsender informed, so a slow
+// Redis does not make Postgres drop the connection.
+func (s *Streamer) deliver(ctx context.Context, tx *Transaction, out chan<- *Transaction, ack Acknowledger) error {
+	if tx.EndLSN <= s.lastDelivered {
+		return nil
+	}
+	for {
+		timer := time.NewTimer(time.Until(s.lastReport.Add(s.opts.StatusInterval)))
+		select {
+		case out <- tx:
+			timer.Stop()
+			s.delivered++
+			s.lastDelivered = tx.EndLSN
+			return nil
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case <-timer.C:
+			if err := s.report(ctx, ack, false); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// flushPosition is the LSN that is safe to confirm: the acknowledged one, or
+// the server's WAL end when everything delivered is acknowledged and no
+// transaction is half received (lets the slot advance past WAL that only
+// touched unpublished tables).
+func (s *Streamer) flushPosition(ack Acknowledger) LSN {
+	lsn, applied := ack.Acknowledged()
+	if applied == s.delivered && !s.dec.InTransaction() && s.idleWALEnd > lsn {
+		lsn = s.idleWALEnd
+	}
+	return lsn
+}
+
+func (s *Streamer) maybeReport(ctx context.Context, ack Acknowledger, replyRequested bool) error {
+	due := time.Since(s.lastReport) >= s.opts.StatusInterval
+	// New acknowledgements are reported at most every 100ms: a status
+	// update per small transaction costs the walsender as much as decoding.
+	fresh := s.flushPosition(ack) > s.reported && time.Since(s.lastReport) >= 100*time.Millisecond
+	if replyRequested || due || fresh {
+		return s.report(ctx, ack, due)
+	}
+	return nil
+}
+
+// report sends a standby status update. requestReply asks the server for a
+// keepalive, which is how a silent half-open connection gets noticed.
+func (s *Streamer) report(ctx context.Context, ack Acknowledger, requestReply bool) error {
+	flush := s.flushPosition(ack)
+	if flush < s.reported {
+		flush = s.reported
+	}
+	write := max(s.received, flush)
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: write, WALFlushPosition: flush, WALApplyPosition: flush, ReplyRequested: requestReply,
+	})
+	if err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	if flush > s.reported {
+		s.log.Debug("confirmed", zap.Stringer("flush_lsn", flush))
+	}
+	s.reported, s.lastReport = flush, time.Now()
+	if s.opts.OnReport != nil {
+		s.opts.OnReport(max(s.serverWALEnd, flush), flush)
+	}
+	return nil
+}
+
+func (s *Streamer) connected(up bool) {
+	if s.opts.OnConnected != nil {
+		s.opts.OnConnected(up)
+	}
+}
+
+// Close reports the final acknowledged position and closes the connection.
+func (s *Streamer) Close(ctx context.Context, ack Acknowledger) error {
+	if s.conn == nil || s.conn.IsClosed() {
+		return nil
+	}
+	err := s.report(ctx, ack, false)
+	s.closeConn()
+	return err
+}
+
+// Reported is the last flush position sent to Postgres.
+func (s *Streamer) Reported() LSN { return s.reported }
+
+func (s *Streamer) closeConn() {
+	if s.conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = s.conn.Close(ctx)
+		cancel()
+		s.conn = nil
+	}
+}
+
+// classify marks errors that retrying cannot fix as fatal.
+func classify(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		if isSlotLoss(pgErr) {
+			return fmt.Errorf("%w: %w", ErrSlotLost, err)
+		}
+		switch pgErr.Code {
+		case "42704", // undefined_object: slot or publication missing
+			"3D000",          // database does not exist
+			"28000", "28P01", // authentication
+			"42501", // insufficient privilege
+			"55000": // object_not_in_prerequisite_state: e.g. slot invalidated, wal_level
+			return fmt.Errorf("%w: %w", ErrFatal, err)
+		}
+	}
+	return err
+}
+
+// isSlotLoss recognises a dropped slot (a promoted standby that never had
+// it, an operator's drop) and one invalidated by max_slot_wal_keep_size.
+func isSlotLoss(e *pgconn.PgError) bool {
+	switch e.Code {
+	case "42704":
+		return strings.Contains(e.Message, "replication slot")
+	case "55000":
+		return strings.Contains(e.Detail, "invalidated") || strings.Contains(e.Message, "can no longer get changes") ||
+			strings.Contains(e.Message, "cannot read from logical replication slot")
+	}
+	return false
+}
+
+// isSlotInUse: 'replication slot "x" is active for PID n'. Expected while an
+// old walsender lingers or another instance holds the slot.
+func isSlotInUse(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "55006"
+}
+
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
+}

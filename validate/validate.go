@@ -1,0 +1,153 @@
+// Package validate checks a deps.yaml registry against the live database
+// before it can hurt anyone: tables, columns, publication membership,
+// replica identity and lookup queries.
+package validate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walbust/walbust/mapping"
+	"github.com/walbust/walbust/replication"
+)
+
+// Problem is one mistake, at its place in deps.yaml.
+type Problem struct {
+	File         string
+	Line, Column int
+	Msg          string
+}
+
+func (p Problem) Error() string { return fmt.Sprintf("%s:%d:%d: %s", p.File, p.Line, p.Column, p.Msg) }
+
+// Problems is every mistake found, in file order.
+type Problems []Problem
+
+func (ps Problems) Error() string {
+	lines := make([]string, len(ps))
+	for i, p := range ps {
+		lines[i] = p.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Err is nil when there are no problems.
+func (ps Problems) Err() error {
+	if len(ps) == 0 {
+		return nil
+	}
+	return ps
+}
+
+// Registry checks reg against the database conn is connected to. With a
+// publication name it also checks that every table is published. Problems
+// are returned all at once; err is for failures to check at all.
+func Registry(ctx context.Context, conn *pgx.Conn, reg *mapping.Registry, publication string) (Problems, error) {
+	var ps Problems
+	add := func(pos mapping.Position, format string, args ...any) {
+		ps = append(ps, Problem{File: reg.File, Line: pos.Line, Column: pos.Column, Msg: fmt.Sprintf(format, args...)})
+	}
+	published := map[string]bool{}
+	if publication != "" {
+		tables, err := replication.PublishedTables(ctx, conn, publication)
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range tables {
+			published[t] = true
+		}
+	}
+	for _, name := range reg.Names() {
+		t := reg.Tables[name]
+		tpos := mapping.Position{Line: t.Line, Column: t.Column}
+		rel, err := replication.DescribeTable(ctx, conn, name)
+		if errors.Is(err, replication.ErrNoTable) {
+			add(tpos, "table %s does not exist", name)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if publication != "" && !published[name] {
+			add(tpos, "table %s is not in publication %s, so its changes never reach walbust (run walbust setup)", name, publication)
+		}
+		for _, r := range t.Rules {
+			for _, ref := range r.RowColumns() {
+				if !rel.HasColumn(ref.Name) {
+					add(ref.Position, "%s %s: table %s has no column %q (columns: %s)", name, r.Name, name, ref.Name, strings.Join(rel.ColumnNames(), ", "))
+				}
+			}
+			if r.Query != nil {
+				ps = append(ps, checkQuery(ctx, conn, reg.File, name, r)...)
+			}
+		}
+		seen := map[string]bool{}
+		for _, gap := range reg.IdentityGaps(rel) {
+			if seen[fmt.Sprint(gap)] {
+				continue
+			}
+			seen[fmt.Sprint(gap)] = true
+			add(gap.Position, "%s: replica identity %s does not send the old value of column %q, which UPDATE/DELETE invalidation needs; fix: ALTER TABLE %s REPLICA IDENTITY FULL",
+				name, identityName(rel.ReplicaIdentity), gap.Name, pgx.Identifier(strings.SplitN(name, ".", 2)).Sanitize())
+		}
+	}
+	sort.SliceStable(ps, func(i, j int) bool {
+		if ps[i].Line != ps[j].Line {
+			return ps[i].Line < ps[j].Line
+		}
+		return ps[i].Column < ps[j].Column
+	})
+	return ps, nil
+}
+
+// checkQuery prepares a rule's query: it must parse, take exactly the
+// declared args and return every column its templates use.
+func checkQuery(ctx context.Context, conn *pgx.Conn, file, table string, r *mapping.Rule) Problems {
+	var ps Problems
+	q := r.Query
+	at := func(pos mapping.Position, format string, args ...any) {
+		ps = append(ps, Problem{File: file, Line: pos.Line, Column: pos.Column, Msg: fmt.Sprintf(format, args...)})
+	}
+	desc, err := conn.Prepare(ctx, "", q.SQL)
+	if err != nil {
+		at(q.Position, "%s %s: query does not prepare: %v", table, r.Name, err)
+		return ps
+	}
+	if len(desc.ParamOIDs) != len(q.Args) {
+		at(q.Position, "%s %s: query takes %d parameter(s) but args lists %d", table, r.Name, len(desc.ParamOIDs), len(q.Args))
+	}
+	have := map[string]bool{}
+	var names []string
+	for _, f := range desc.Fields {
+		have[f.Name] = true
+		names = append(names, f.Name)
+	}
+	for _, t := range r.Templates() {
+		for _, c := range t.Columns() {
+			if !have[c] {
+				at(mapping.Position{Line: t.Line, Column: t.Column}, "%s %s: template %q uses {%s}, which the query does not return (it returns: %s)",
+					table, r.Name, t.Source, c, strings.Join(names, ", "))
+			}
+		}
+	}
+	return ps
+}
+
+func identityName(b byte) string {
+	switch b {
+	case 'd':
+		return "DEFAULT (primary key only)"
+	case 'n':
+		return "NOTHING"
+	case 'i':
+		return "USING INDEX"
+	case 'f':
+		return "FULL"
+	}
+	return string(b)
+}
