@@ -254,3 +254,11 @@ func isNoScript(err error) bool {
 	}
 	return false
 }
+
+// Add accumulates o into s.
+func (s *Stats) Add(o Stats) {
+	s.Attempts = max(s.Attempts, o.Attempts)
+	s.Keys += o.Keys
+	s.Patterns += o.Patterns
+	s.PatternMatches += o.PatternMatches
+}

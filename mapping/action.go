@@ -19,6 +19,8 @@ const (
 	// Stale moves the value to StaleKey with a TTL and removes the live key,
 	// so a reader whose refresh fails can serve the last good value.
 	Stale
+
+	maxAction = Stale
 )
 
 func (a Action) String() string {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/walbust/walbust/replication"
@@ -16,87 +17,19 @@ type Querier interface {
 	Lookup(ctx context.Context, sql string, args []any) (columns []string, rows [][][]byte, err error)
 }
 
-// Problem is a change whose invalidations could not all be derived. The
-// pipeline logs and counts it; it does not stop the stream.
-type Problem struct {
-	Table string
-	Op    replication.Op
-	Msg   string
-}
-
-func (p Problem) String() string { return fmt.Sprintf("%s on %s: %s", p.Op, p.Table, p.Msg) }
-
-// Plan accumulates the invalidations of one batch of transactions,
-// deduplicated, in the order they were first derived.
-type Plan struct {
-	Invalidations []Invalidation
-	Problems      []Problem
-	Changes       int // row changes of registered tables
-	Unrendered    int // keys skipped because a value they need was not sent
-	Skipped       int // rules skipped by when_changed or on
-	Lookups       int // queries run
-	ChangeCounts  []ChangeCount
-	seen          map[planKey]int
-	buf           []byte
-}
-
-// ChangeCount is how many changes of one kind a plan saw on one table.
-type ChangeCount struct {
-	Table string
-	Op    replication.Op
-	N     int
-}
-
-func (p *Plan) count(table string, op replication.Op) {
-	for i := range p.ChangeCounts {
-		if c := &p.ChangeCounts[i]; c.Table == table && c.Op == op {
-			c.N++
-			return
-		}
-	}
-	p.ChangeCounts = append(p.ChangeCounts, ChangeCount{Table: table, Op: op, N: 1})
-}
-
-type planKey struct {
-	action  Action
-	pattern bool
-	aux     KeyFormat // two tables may keep one key's version in different places
-	key     string
-}
-
-// Reset empties the plan for reuse, keeping its allocations.
-func (p *Plan) Reset() {
-	p.Invalidations = p.Invalidations[:0]
-	p.Problems = p.Problems[:0]
-	p.Changes, p.Unrendered, p.Skipped, p.Lookups = 0, 0, 0, 0
-	p.ChangeCounts = p.ChangeCounts[:0]
-	clear(p.seen)
-}
-
-func (p *Plan) add(inv Invalidation, key []byte) {
-	if p.seen == nil {
-		p.seen = map[planKey]int{}
-	}
-	// The lookup with string(key) does not allocate.
-	if i, dup := p.seen[planKey{inv.Action, inv.Pattern, inv.Aux, string(key)}]; dup {
-		if inv.Version > p.Invalidations[i].Version {
-			p.Invalidations[i].Version = inv.Version
-		}
-		return
-	}
-	inv.Key = string(key)
-	p.seen[planKey{inv.Action, inv.Pattern, inv.Aux, inv.Key}] = len(p.Invalidations)
-	p.Invalidations = append(p.Invalidations, inv)
-}
-
-// Mapper derives invalidations from transactions. It caches per-relation
+// Mapper derives invalidations from row changes. It caches per-relation
 // column lookups and is not safe for concurrent use.
 type Mapper struct {
-	reg      *Registry
-	querier  Querier
-	bindings map[uint32]*binding // by relation ID; replaced when the relation is redescribed
-	scratch  [2]image            // old and new image of the change being mapped
-	imgs     [2]*image           // pointers into scratch, so images() need not allocate
+	reg     *Registry
+	querier Querier
+	// MaxTxChanges caps the row changes a plan maps row by row; past it,
+	// each further change of a table with on_truncate rules is covered by
+	// those rules instead, so a huge transaction's memory stays bounded.
+	// Zero: no cap.
+	MaxTxChanges int
+	bindings     map[uint32]*binding // by relation ID; replaced when the relation is redescribed
+	scratch      [2]image            // old and new image of the change being mapped
+	imgs         [2]*image           // pointers into scratch, so images() need not allocate
 }
 
 // NewMapper returns a Mapper over reg. querier may be nil when no rule has a
@@ -133,35 +66,44 @@ func (m *Mapper) bind(rel *replication.Relation) *binding {
 	return b
 }
 
-// Map adds tx's invalidations to plan. An error means a lookup query kept
-// failing: the caller must not acknowledge tx.
+// Map adds a decoded transaction's invalidations to plan, running its
+// lookup queries. An error means a lookup query failed: the caller must not
+// acknowledge tx.
 func (m *Mapper) Map(ctx context.Context, tx *replication.Transaction, plan *Plan) error {
+	var txPlan Plan
 	for i := range tx.Changes {
-		if err := m.MapChange(ctx, &tx.Changes[i], uint64(tx.CommitLSN), plan); err != nil {
-			return err
-		}
+		m.MapChange(&tx.Changes[i], &txPlan)
 	}
-	return nil
+	plan.Merge(&txPlan, uint64(tx.CommitLSN))
+	return m.Resolve(ctx, plan)
 }
 
-// MapChange adds one change's invalidations to plan; version is the commit
-// LSN that Bump actions record.
-func (m *Mapper) MapChange(ctx context.Context, c *replication.Change, version uint64, plan *Plan) error {
+// MapChange adds one change's invalidations to plan. Lookup queries are
+// only recorded: Resolve runs them once the transaction has committed.
+// Nothing of c is kept, so its values may alias a buffer.
+func (m *Mapper) MapChange(c *replication.Change, plan *Plan) {
 	b := m.bind(c.Relation)
 	if b.table == nil {
-		return nil
+		return
 	}
 	plan.Changes++
 	t := b.table
-	plan.count(t.Name, c.Op)
+	plan.countN(t.Name, c.Op, 1)
 	if len(b.missing) > 0 {
-		plan.Problems = append(plan.Problems, Problem{Table: t.Name, Op: c.Op, Msg: fmt.Sprintf(
-			"table has no column(s) %s named in %s; rules using them were not applied", strings.Join(b.missing, ", "), m.reg.File)})
+		plan.problem(t.Name, c.Op, fmt.Sprintf("table has no column(s) %s named in %s; rules using them were not applied",
+			strings.Join(b.missing, ", "), m.reg.File), 1)
 	}
-	base := t.base(version)
 	if c.Op == replication.Truncate {
-		m.truncate(plan, t, base, c.Op)
-		return nil
+		m.truncate(plan, t, c.Op)
+		return
+	}
+	if m.MaxTxChanges > 0 && plan.Changes > m.MaxTxChanges && t.OnTruncate != nil {
+		if !slices.Contains(plan.collapsed, t) {
+			plan.collapsed = append(plan.collapsed, t)
+			plan.Overflowed = true
+			m.truncate(plan, t, c.Op)
+		}
+		return
 	}
 	images := m.images(b, c)
 	for _, r := range t.Rules {
@@ -170,45 +112,32 @@ func (m *Mapper) MapChange(ctx context.Context, c *replication.Change, version u
 			continue
 		}
 		if r.Query != nil {
-			if err := m.lookup(ctx, plan, base, b, r, images); err != nil {
-				return err
-			}
+			m.recordLookups(plan, b, r, images)
 			continue
 		}
 		for _, img := range images {
-			m.renderRule(plan, base, r, img)
+			renderRule(plan, r, img, 0)
 		}
 	}
-	return nil
 }
 
 // MapEverything adds the on_truncate rules of every table: used when the
 // changes since some point are unknowable (a lost replication slot).
 func (m *Mapper) MapEverything(version uint64, plan *Plan) {
+	var all Plan
 	for _, name := range m.reg.Names() {
-		t := m.reg.Tables[name]
-		m.truncate(plan, t, t.base(version), replication.Truncate)
+		m.truncate(&all, m.reg.Tables[name], replication.Truncate)
 	}
+	plan.Merge(&all, version)
 }
 
-func (m *Mapper) truncate(plan *Plan, t *Table, base Invalidation, op replication.Op) {
+func (m *Mapper) truncate(plan *Plan, t *Table, op replication.Op) {
 	if t.OnTruncate == nil {
-		plan.Problems = append(plan.Problems, Problem{Table: t.Name, Op: op, Msg: fmt.Sprintf(
-			"no on_truncate rules in %s, so these keys were not invalidated: %s", m.reg.File, strings.Join(t.templateSources(), ", "))})
+		plan.problem(t.Name, op, fmt.Sprintf("no on_truncate rules in %s, so these keys were not invalidated: %s",
+			m.reg.File, strings.Join(t.templateSources(), ", ")), 1)
 		return
 	}
-	m.renderRule(plan, base, t.OnTruncate, emptyRow{})
-}
-
-func (t *Table) base(version uint64) Invalidation {
-	base := Invalidation{Action: t.Action.Action, Version: version, TTL: t.Action.StaleTTL, Table: t.Name}
-	switch base.Action {
-	case Bump:
-		base.Aux = t.Action.VersionKey
-	case Stale:
-		base.Aux = t.Action.StaleKey
-	}
-	return base
+	renderRule(plan, t.OnTruncate, emptyRow{}, 0)
 }
 
 // images returns the row images keys are rendered from: the new row for
@@ -230,37 +159,28 @@ func (m *Mapper) images(b *binding, c *replication.Change) []*image {
 	return nil
 }
 
-func (m *Mapper) renderRule(plan *Plan, base Invalidation, r *Rule, row Row) {
-	inv := base
-	inv.Rule = r
+func renderRule(plan *Plan, r *Rule, row Row, version uint64) {
 	for _, t := range r.Keys {
 		var ok bool
 		if plan.buf, ok = t.AppendRender(plan.buf[:0], row); ok {
-			inv.Template = t
-			plan.add(inv, plan.buf)
+			plan.add(t, plan.buf, version)
 		} else if unknown(row) {
 			plan.Unrendered++
 		}
 	}
-	inv.Pattern = true
 	for _, t := range r.Patterns {
 		var ok bool
 		if plan.buf, ok = t.AppendPattern(plan.buf[:0], row); ok {
-			inv.Template = t
-			plan.add(inv, plan.buf)
+			plan.add(t, plan.buf, version)
 		} else if unknown(row) {
 			plan.Unrendered++
 		}
 	}
 }
 
-// lookup runs a rule's query once per distinct argument list among the
-// images and renders the rule's templates over every result row.
-func (m *Mapper) lookup(ctx context.Context, plan *Plan, base Invalidation, b *binding, r *Rule, images []*image) error {
-	if m.querier == nil {
-		return fmt.Errorf("%s:%d: rule %s of %s has a query but no database connection was given", m.reg.File, r.Line, r.Name, b.table.Name)
-	}
-	var done [][]any
+// recordLookups records a rule's query once per distinct argument list
+// among the images; Resolve runs it.
+func (m *Mapper) recordLookups(plan *Plan, b *binding, r *Rule, images []*image) {
 	for _, img := range images {
 		args := make([]any, len(r.Query.Args))
 		complete := true
@@ -279,33 +199,39 @@ func (m *Mapper) lookup(ctx context.Context, plan *Plan, base Invalidation, b *b
 			plan.Unrendered++
 			continue
 		}
-		if containsArgs(done, args) {
-			continue
-		}
-		done = append(done, args)
-		cols, rows, err := m.querier.Lookup(ctx, r.Query.SQL, args)
-		plan.Lookups++
-		if err != nil {
-			return fmt.Errorf("%s:%d:%d: query of %s %s: %w", m.reg.File, r.Query.Line, r.Query.Column, b.table.Name, r.Name, err)
-		}
-		for _, vals := range rows {
-			m.renderRule(plan, base, r, resultRow{cols: cols, vals: vals})
+		plan.addLookup(r, args, 0)
+	}
+}
+
+// Resolve runs the plan's recorded lookup queries and renders each rule's
+// templates over every result row. On error the queries not yet run stay
+// recorded, so Resolve can be retried; what was rendered stays too, which
+// is harmless (the plan deduplicates).
+func (m *Mapper) Resolve(ctx context.Context, plan *Plan) error {
+	for i, l := range plan.pending {
+		if err := m.lookup(ctx, plan, l); err != nil {
+			plan.keepPending(i)
+			return err
 		}
 	}
+	plan.keepPending(len(plan.pending))
 	return nil
 }
 
-func containsArgs(seen [][]any, args []any) bool {
-outer:
-	for _, s := range seen {
-		for i := range s {
-			if s[i] != args[i] {
-				continue outer
-			}
-		}
-		return true
+func (m *Mapper) lookup(ctx context.Context, plan *Plan, l pendingLookup) error {
+	r := l.key.rule
+	if m.querier == nil {
+		return fmt.Errorf("%s:%d: rule %s of %s has a query but no database connection was given", m.reg.File, r.Line, r.Name, r.table.Name)
 	}
-	return false
+	cols, rows, err := m.querier.Lookup(ctx, r.Query.SQL, l.args)
+	plan.Lookups++
+	if err != nil {
+		return fmt.Errorf("%s:%d:%d: query of %s %s: %w", m.reg.File, r.Query.Line, r.Query.Column, r.table.Name, r.Name, err)
+	}
+	for _, vals := range rows {
+		renderRule(plan, r, resultRow{cols: cols, vals: vals}, l.version)
+	}
+	return nil
 }
 
 // changed reports whether an UPDATE changed any of cols. An unknown old

@@ -63,7 +63,7 @@ func describe(inv mapping.Invalidation) string {
 
 func describeAll(p *mapping.Plan) []string {
 	out := []string{}
-	for _, inv := range p.Invalidations {
+	for _, inv := range p.Invalidations() {
 		out = append(out, describe(inv))
 	}
 	return out
@@ -83,6 +83,11 @@ func (q *fakeQuerier) Lookup(_ context.Context, sql string, args []any) ([]strin
 		return nil, nil, q.err
 	}
 	return q.cols, q.results[fmt.Sprint(args)], nil
+}
+
+// oneChange is a transaction of c committed at commitLSN.
+func oneChange(c replication.Change, commitLSN replication.LSN) *replication.Transaction {
+	return &replication.Transaction{CommitLSN: commitLSN, EndLSN: commitLSN + 1, Changes: []replication.Change{c}}
 }
 
 func vals(vs ...string) [][]byte {
@@ -303,13 +308,13 @@ tables:
 		t.Run(tt.name, func(t *testing.T) {
 			var plan mapping.Plan
 			c := replication.Change{Op: replication.Insert, Relation: usersRel, New: row(txt("1"), txt("e"), txt(tt.name), txt(tt.team))}
-			if err := mapping.NewMapper(reg, nil).MapChange(context.Background(), &c, 1, &plan); err != nil {
+			if err := mapping.NewMapper(reg, nil).Map(context.Background(), oneChange(c, 1), &plan); err != nil {
 				t.Fatal(err)
 			}
 			if got := describeAll(&plan); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("got %q\nwant %q", got, tt.want)
 			}
-			for _, inv := range plan.Invalidations {
+			for _, inv := range plan.Invalidations() {
 				if inv.Table != "public.users" || inv.Rule == nil || inv.Template == nil {
 					t.Errorf("%s: table %q rule %v template %v", describe(inv), inv.Table, inv.Rule, inv.Template)
 				}
@@ -436,7 +441,7 @@ tables:
 `)
 	var plan mapping.Plan
 	c := replication.Change{Op: replication.Truncate, Relation: relation(1, "public.t", 'd', "id*")}
-	if err := mapping.NewMapper(reg, nil).MapChange(context.Background(), &c, 42, &plan); err != nil {
+	if err := mapping.NewMapper(reg, nil).Map(context.Background(), oneChange(c, 42), &plan); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"bump t:all v=42 aux=t:all:version", "bump {literal} v=42 aux={literal}:version",
@@ -583,7 +588,7 @@ func TestMapQueryError(t *testing.T) {
 	if !strings.Contains(err.Error(), "deps.yaml:5:16") || !strings.Contains(err.Error(), "public.users") {
 		t.Errorf("error %q does not name the query's position and table", err)
 	}
-	if len(plan.Invalidations) != 0 {
+	if plan.Len() != 0 {
 		t.Errorf("invalidations despite the error: %q", describeAll(&plan))
 	}
 
@@ -609,7 +614,7 @@ tables:
 	var plan mapping.Plan
 	c := replication.Change{Op: replication.Update, Relation: users,
 		Old: row(txt("1"), txt("ann"), txt("a@x")), New: row(txt("1"), txt("ann"), txt("b@x"))}
-	if err := mapping.NewMapper(reg, q).MapChange(context.Background(), &c, 1, &plan); err != nil {
+	if err := mapping.NewMapper(reg, q).Map(context.Background(), oneChange(c, 1), &plan); err != nil {
 		t.Fatal(err)
 	}
 	if len(q.calls) != 0 || plan.Lookups != 0 || plan.Skipped != 1 {
@@ -647,7 +652,7 @@ func TestPlanReset(t *testing.T) {
 	var plan mapping.Plan
 	c := replication.Change{Op: replication.Insert, Relation: productsRel, New: row(txt("1"), txt("3"), txt("w"))}
 	for i := 0; i < 2; i++ {
-		if err := m.MapChange(context.Background(), &c, 1, &plan); err != nil {
+		if err := m.Map(context.Background(), oneChange(c, 1), &plan); err != nil {
 			t.Fatal(err)
 		}
 		want := []string{"delete product:1", "delete category:3:products"}
@@ -658,7 +663,7 @@ func TestPlanReset(t *testing.T) {
 			t.Errorf("round %d: Changes %d ChangeCounts %+v", i, plan.Changes, plan.ChangeCounts)
 		}
 		plan.Reset()
-		if len(plan.Invalidations) != 0 || plan.Changes != 0 || len(plan.ChangeCounts) != 0 {
+		if plan.Len() != 0 || plan.Changes != 0 || len(plan.ChangeCounts) != 0 {
 			t.Errorf("Reset left %+v", plan)
 		}
 	}
@@ -723,7 +728,7 @@ tables:
 		t.Fatal(err)
 	}
 	bumped := map[string]bool{}
-	for _, inv := range plan.Invalidations {
+	for _, inv := range plan.Invalidations() {
 		bumped[inv.Aux.For(inv.Key)] = true
 	}
 	for _, want := range []string{"shared:version", "v:shared"} {

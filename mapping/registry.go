@@ -4,6 +4,7 @@ package mapping
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -56,6 +57,8 @@ type Rule struct {
 	Query       *Query
 	WhenChanged []Ref
 	On          OpSet
+
+	table *Table
 }
 
 // Query is a lookup whose result rows feed the rule's templates.
@@ -294,7 +297,24 @@ func buildTable(doc *yamlnode.Doc, tf yamlnode.Field, defaults ActionSpec) *Tabl
 	if len(doc.Errs) > errsBefore {
 		return nil
 	}
+	for _, r := range append(slices.Clip(t.Rules), t.OnTruncate) {
+		if r != nil {
+			r.bind(t)
+		}
+	}
 	return t
+}
+
+// bind points a rule and its templates at their table, so an invalidation
+// can be rebuilt from the template alone (see Plan).
+func (r *Rule) bind(t *Table) {
+	r.table = t
+	for _, k := range r.Keys {
+		k.table, k.rule = t, r
+	}
+	for _, p := range r.Patterns {
+		p.table, p.rule, p.pattern = t, r, true
+	}
 }
 
 func buildDerived(doc *yamlnode.Doc, n *yaml.Node, path string, index int) *Rule {

@@ -11,6 +11,12 @@ type Template struct {
 	Source       string
 	Line, Column int // position in deps.yaml, when loaded from it
 	segments     []segment
+
+	// Set when the registry is built: what an invalidation by this
+	// template does.
+	table   *Table
+	rule    *Rule
+	pattern bool
 }
 
 type segment struct {

@@ -4,13 +4,12 @@ package metrics
 
 import (
 	"math"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/mapping"
+	"github.com/walbust/walbust/pipeline"
 	"github.com/walbust/walbust/replication"
 )
 
@@ -156,14 +155,13 @@ func (m *Metrics) SlotObserved(walStatus string, safeWALSize *int64) {
 }
 
 // BatchApplied implements pipeline.Observer.
-func (m *Metrics) BatchApplied(batch []*replication.Transaction, plan *mapping.Plan, st invalidator.Stats, acked time.Time) {
+func (m *Metrics) BatchApplied(b *pipeline.Batch) {
+	batch, plan, st, acked := b.Txs, b.Plan, b.Stats, b.Acked
 	m.Transactions.Add(float64(len(batch)))
 	for _, tx := range batch {
 		m.InvalidationLag.Observe(acked.Sub(tx.CommitTime).Seconds())
-		if tx.Overflowed {
-			m.OverflowedTxs.Inc()
-		}
 	}
+	m.OverflowedTxs.Add(float64(b.Overflowed))
 	last := batch[len(batch)-1]
 	m.CheckpointLSN.Set(float64(last.EndLSN))
 	m.LastCommit.Set(float64(last.CommitTime.UnixNano()) / 1e9)
@@ -172,23 +170,11 @@ func (m *Metrics) BatchApplied(batch []*replication.Transaction, plan *mapping.P
 	}
 	// Count per (action, kind) first: a label lookup per key would cost
 	// more than rendering it.
-	var counts [mapping.Stale + 1][2]int
-	for _, inv := range plan.Invalidations {
-		kind := 0
-		if inv.Pattern {
-			kind = 1
-		}
-		counts[inv.Action][kind]++
-	}
-	for a := mapping.Delete; a <= mapping.Stale; a++ {
-		for kind, name := range [2]string{"key", "pattern"} {
-			if n := counts[a][kind]; n > 0 {
-				m.Keys.WithLabelValues(a.String(), name).Add(float64(n))
-			}
-		}
-	}
+	plan.Tally(func(a mapping.Action, pattern bool, n int) {
+		m.Keys.WithLabelValues(a.String(), map[bool]string{false: "key", true: "pattern"}[pattern]).Add(float64(n))
+	})
 	for _, p := range plan.Problems {
-		m.Problems.WithLabelValues(p.Table, p.Op.String()).Inc()
+		m.Problems.WithLabelValues(p.Table, p.Op.String()).Add(float64(p.Count))
 	}
 	m.Unrendered.Add(float64(plan.Unrendered))
 	m.Lookups.Add(float64(plan.Lookups))
@@ -207,5 +193,5 @@ func (m *Metrics) BatchApplied(batch []*replication.Transaction, plan *mapping.P
 		}
 	}
 	m.BatchTxs.Observe(float64(len(batch)))
-	m.BatchKeys.Observe(float64(len(plan.Invalidations)))
+	m.BatchKeys.Observe(float64(plan.Len()))
 }

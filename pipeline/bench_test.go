@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"context"
 	"strconv"
 	"testing"
 	"time"
@@ -35,26 +34,22 @@ func BenchmarkDecodeAndMap(b *testing.B) {
 		msgs = append(msgs, pgoutputtest.Update(1, 'O', old, new))
 	}
 	msgs = append(msgs, pgoutputtest.Commit(2, 3, time.Now()))
-	mapper := mapping.NewMapper(reg, nil)
-	var plan mapping.Plan
-	ctx := context.Background()
+	p := New(Options{Registry: reg})
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
 		dec := replication.NewDecoder()
+		dec.NewSink = p.NewSink
 		var tx *replication.Transaction
 		for _, m := range msgs {
 			if tx, _, err = dec.Decode(m); err != nil {
 				b.Fatal(err)
 			}
 		}
-		plan.Reset()
-		if err := mapper.Map(ctx, tx, &plan); err != nil {
-			b.Fatal(err)
+		if n := tx.Sink.(*txPlan).plan.Len(); n != rows*2+2 {
+			b.Fatalf("%d invalidations", n)
 		}
-		if len(plan.Invalidations) != rows*2+2 {
-			b.Fatalf("%d invalidations", len(plan.Invalidations))
-		}
+		p.release(tx)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*rows), "ns/change")
 }

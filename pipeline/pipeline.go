@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/mapping"
@@ -23,7 +24,8 @@ type Source interface {
 	Close(ctx context.Context, ack replication.Acknowledger) error
 }
 
-// Applier makes Redis reflect a batch; nil means Redis acknowledged all of it.
+// Applier makes Redis reflect invalidations; nil means Redis acknowledged
+// all of them.
 type Applier interface {
 	Apply(ctx context.Context, invs []mapping.Invalidation) (invalidator.Stats, error)
 }
@@ -33,9 +35,19 @@ type Store interface {
 	Save(lsn replication.LSN) error
 }
 
-// Observer is told about every acknowledged batch (metrics).
+// Batch is what one application to Redis covered.
+type Batch struct {
+	Txs  []*replication.Transaction
+	Plan *mapping.Plan
+	// Overflowed counts transactions that exceeded MaxTxChanges.
+	Overflowed int
+	Stats      invalidator.Stats
+	Acked      time.Time // when Redis acknowledged the last of it
+}
+
+// Observer is told about every batch Redis acknowledged (metrics).
 type Observer interface {
-	BatchApplied(batch []*replication.Transaction, plan *mapping.Plan, st invalidator.Stats, acked time.Time)
+	BatchApplied(b *Batch)
 }
 
 // Options configures a Pipeline.
@@ -48,10 +60,20 @@ type Options struct {
 	Logger   *zap.Logger
 	// Checkpoint is the stored position at start.
 	Checkpoint replication.LSN
-	// MaxBatchTxs caps how many queued transactions share one Redis pipeline.
-	MaxBatchTxs int
-	// QueueTxs bounds the transactions received but not yet applied.
-	QueueTxs int
+	// MaxTxChanges: see mapping.Mapper.MaxTxChanges.
+	MaxTxChanges int
+	// MaxBatchTxs caps how many queued transactions share one batch, and
+	// MaxBatchBytes how much of their plans.
+	MaxBatchTxs   int
+	MaxBatchBytes int
+	// QueueTxs and QueueBytes bound the transactions received but not yet
+	// applied, by number and by the memory their plans hold.
+	QueueTxs   int
+	QueueBytes int64
+	// ChunkInvalidations is how many invalidations go to Redis at a time:
+	// a huge transaction's keys are sent chunk by chunk, so the key
+	// strings and commands never exist all at once.
+	ChunkInvalidations int
 	// ShutdownGrace bounds how long a stop waits for the batch in flight.
 	ShutdownGrace time.Duration
 }
@@ -60,11 +82,13 @@ type Options struct {
 type Pipeline struct {
 	opts   Options
 	log    *zap.Logger
-	mapper *mapping.Mapper
-
-	mu      sync.Mutex
-	ackLSN  replication.LSN
-	applied uint64
+	mapper *mapping.Mapper // used by the streaming goroutine only, through txPlan
+	// resolver runs lookups in the applying goroutine; it has a Mapper of its
+	// own because Mappers are not safe for concurrent use.
+	resolver *mapping.Mapper
+	budget   *semaphore.Weighted
+	plans    sync.Pool
+	ckpt     *checkpointer
 
 	warned map[string]bool // identity-gap warnings already given, per table/column
 }
@@ -77,30 +101,77 @@ func New(opts Options) *Pipeline {
 	if opts.MaxBatchTxs <= 0 {
 		opts.MaxBatchTxs = 512
 	}
+	if opts.MaxBatchBytes <= 0 {
+		opts.MaxBatchBytes = 8 << 20
+	}
 	if opts.QueueTxs <= 0 {
 		opts.QueueTxs = 1024
+	}
+	if opts.QueueBytes <= 0 {
+		opts.QueueBytes = 32 << 20
+	}
+	if opts.ChunkInvalidations <= 0 {
+		opts.ChunkInvalidations = 8192
 	}
 	if opts.ShutdownGrace <= 0 {
 		opts.ShutdownGrace = 30 * time.Second
 	}
-	return &Pipeline{
-		opts: opts, log: opts.Logger, mapper: mapping.NewMapper(opts.Registry, opts.Querier),
-		ackLSN: opts.Checkpoint, warned: map[string]bool{},
+	p := &Pipeline{
+		opts: opts, log: opts.Logger,
+		mapper:   mapping.NewMapper(opts.Registry, nil),
+		resolver: mapping.NewMapper(opts.Registry, opts.Querier),
+		budget:   semaphore.NewWeighted(opts.QueueBytes),
+		ckpt:     newCheckpointer(opts.Store, opts.Checkpoint),
+		warned:   map[string]bool{},
 	}
+	p.mapper.MaxTxChanges = opts.MaxTxChanges
+	return p
 }
 
-// Acknowledged implements replication.Acknowledger.
-func (p *Pipeline) Acknowledged() (replication.LSN, uint64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.ackLSN, p.applied
+// Acknowledged implements replication.Acknowledger: the position applied
+// to Redis and durably checkpointed.
+func (p *Pipeline) Acknowledged() (replication.LSN, uint64) { return p.ckpt.acknowledged() }
+
+// txPlan is a transaction's Sink: each row change becomes keys in plan as
+// it is decoded, and the row is forgotten.
+type txPlan struct {
+	mapper *mapping.Mapper
+	plan   mapping.Plan
+	weight int64 // budget held while queued
 }
 
-func (p *Pipeline) acknowledge(lsn replication.LSN, txs int) {
-	p.mu.Lock()
-	p.ackLSN = lsn
-	p.applied += uint64(txs)
-	p.mu.Unlock()
+func (t *txPlan) Add(c *replication.Change) { t.mapper.MapChange(c, &t.plan) }
+
+// NewSink gives each transaction a plan to map into (replication.Options.NewSink).
+func (p *Pipeline) NewSink() replication.Sink {
+	if t, ok := p.plans.Get().(*txPlan); ok {
+		return t
+	}
+	return &txPlan{mapper: p.mapper}
+}
+
+// Admit holds tx until the queue has room for its plan
+// (replication.Options.Admit). A plan larger than the whole queue waits
+// for the queue to be empty.
+func (p *Pipeline) Admit(ctx context.Context, tx *replication.Transaction) error {
+	t := tx.Sink.(*txPlan)
+	t.weight = min(int64(t.plan.Size()), p.opts.QueueBytes)
+	if err := p.budget.Acquire(ctx, t.weight); err != nil {
+		t.weight = 0
+		return err
+	}
+	return nil
+}
+
+func (p *Pipeline) release(tx *replication.Transaction) {
+	t := tx.Sink.(*txPlan)
+	p.budget.Release(t.weight)
+	t.weight = 0
+	if t.plan.Size() <= 1<<20 { // a huge transaction's plan is not worth keeping around
+		t.plan.Reset()
+		p.plans.Put(t)
+	}
+	tx.Sink = nil
 }
 
 // Run streams until ctx is done (a clean stop: the batch in flight is
@@ -114,12 +185,16 @@ func (p *Pipeline) Run(ctx context.Context, src Source) error {
 	applyDone := make(chan error, 1)
 	go func() { applyDone <- p.applyLoop(applyCtx, txs) }()
 
+	ckptCtx, stopCkpt := context.WithCancel(context.WithoutCancel(ctx))
+	ckptDone := make(chan error, 1)
+	go func() { ckptDone <- p.ckpt.run(ckptCtx) }()
+
 	streamCtx, cancelStream := context.WithCancel(ctx)
 	defer cancelStream()
 	streamDone := make(chan error, 1)
 	go func() { streamDone <- src.Stream(streamCtx, txs, p) }()
 
-	var streamErr, applyErr error
+	var streamErr, applyErr, ckptErr error
 	select {
 	case streamErr = <-streamDone:
 		close(txs)
@@ -132,6 +207,17 @@ func (p *Pipeline) Run(ctx context.Context, src Source) error {
 	case applyErr = <-applyDone:
 		cancelStream()
 		streamErr = <-streamDone
+	case ckptErr = <-ckptDone:
+		cancelStream()
+		cancelApply()
+		streamErr, applyErr = <-streamDone, <-applyDone
+	}
+	stopCkpt()
+	if ckptErr == nil {
+		ckptErr = <-ckptDone
+	}
+	if ckptErr == nil {
+		ckptErr = p.ckpt.flush() // what the last batches applied
 	}
 
 	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -141,10 +227,12 @@ func (p *Pipeline) Run(ctx context.Context, src Source) error {
 	}
 	lsn, _ := p.Acknowledged()
 	p.log.Info("stopped", zap.Stringer("checkpoint_lsn", lsn))
-	if streamErr != nil {
+	switch {
+	case streamErr != nil:
 		return streamErr
-	}
-	if applyErr != nil && ctx.Err() == nil {
+	case ckptErr != nil:
+		return ckptErr
+	case applyErr != nil && ctx.Err() == nil:
 		return applyErr
 	}
 	return nil
@@ -152,95 +240,100 @@ func (p *Pipeline) Run(ctx context.Context, src Source) error {
 
 func (p *Pipeline) applyLoop(ctx context.Context, txs <-chan *replication.Transaction) error {
 	var plan mapping.Plan
+	var invs []mapping.Invalidation
 	batch := make([]*replication.Transaction, 0, p.opts.MaxBatchTxs)
 	for tx := range txs {
 		// Take whatever else is already queued: batching when behind,
 		// immediate application when idle.
 		batch = append(batch[:0], tx)
+		size := tx.Sink.(*txPlan).plan.Size()
 	drain:
-		for len(batch) < p.opts.MaxBatchTxs {
+		for len(batch) < p.opts.MaxBatchTxs && size < p.opts.MaxBatchBytes {
 			select {
 			case next, ok := <-txs:
 				if !ok {
 					break drain
 				}
 				batch = append(batch, next)
+				size += next.Sink.(*txPlan).plan.Size()
 			default:
 				break drain
 			}
 		}
-		if err := p.apply(ctx, batch, &plan); err != nil {
+		err := p.apply(ctx, batch, &plan, &invs)
+		for _, tx := range batch {
+			p.release(tx)
+		}
+		if err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, plan *mapping.Plan) error {
-	if err := p.mapBatch(ctx, batch, plan); err != nil {
+func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, plan *mapping.Plan, invs *[]mapping.Invalidation) error {
+	plan.Reset()
+	b := Batch{Txs: batch, Plan: plan}
+	for _, tx := range batch {
+		t := tx.Sink.(*txPlan)
+		plan.Merge(&t.plan, uint64(tx.CommitLSN))
+		if t.plan.Overflowed {
+			b.Overflowed++
+			p.log.Warn("transaction exceeded max_tx_changes; its further rows were covered by their tables' on_truncate rules",
+				zap.Uint32("xid", tx.Xid), zap.Stringer("end_lsn", tx.EndLSN), zap.Int("changes", t.plan.Changes))
+		}
+	}
+	end := batch[len(batch)-1].EndLSN
+	if err := p.resolve(ctx, plan, end); err != nil {
 		return err
 	}
 	for _, pr := range plan.Problems {
-		p.log.Error("invalidation incomplete", zap.String("table", pr.Table), zap.Stringer("op", pr.Op), zap.String("problem", pr.Msg))
+		p.log.Error("invalidation incomplete", zap.String("table", pr.Table), zap.Stringer("op", pr.Op), zap.String("problem", pr.Msg), zap.Int("changes", pr.Count))
 	}
-	st, err := p.opts.Applier.Apply(ctx, plan.Invalidations)
-	if err != nil {
-		return fmt.Errorf("apply batch ending at %s: %w", batch[len(batch)-1].EndLSN, err)
-	}
-	acked := time.Now()
-	end := batch[len(batch)-1].EndLSN
-	if err := p.opts.Store.Save(end); err != nil {
-		return fmt.Errorf("checkpoint %s: %w", end, err)
-	}
-	p.acknowledge(end, len(batch))
-	if p.opts.Observer != nil {
-		p.opts.Observer.BatchApplied(batch, plan, st, acked)
-	}
-	for _, tx := range batch {
-		if tx.Overflowed {
-			p.log.Warn("transaction exceeded max_tx_changes; applied on_truncate rules for its largest tables instead of row keys",
-				zap.Uint32("xid", tx.Xid), zap.Stringer("end_lsn", tx.EndLSN))
+	for from := 0; from < plan.Len(); from += p.opts.ChunkInvalidations {
+		to := min(from+p.opts.ChunkInvalidations, plan.Len())
+		*invs = plan.AppendInvalidations((*invs)[:0], from, to)
+		st, err := p.opts.Applier.Apply(ctx, *invs)
+		b.Stats.Add(st)
+		if err != nil {
+			return fmt.Errorf("apply batch ending at %s: %w", end, err)
 		}
+	}
+	clear(*invs) // let the key strings go
+	b.Acked = time.Now()
+	p.ckpt.applied(end, len(batch))
+	if p.opts.Observer != nil {
+		p.opts.Observer.BatchApplied(&b)
 	}
 	if ce := p.log.Check(zap.DebugLevel, "applied"); ce != nil {
 		ce.Write(zap.Stringer("end_lsn", end), zap.Uint32("xid", batch[len(batch)-1].Xid), zap.Int("txs", len(batch)),
-			zap.Int("changes", plan.Changes), zap.Int("keys", len(plan.Invalidations)), zap.Int("unrendered", plan.Unrendered))
+			zap.Int("changes", plan.Changes), zap.Int("keys", plan.Len()), zap.Int("unrendered", plan.Unrendered))
 	}
 	return nil
 }
 
-// mapBatch derives the batch's invalidations. A failing lookup query stalls
-// the stream rather than dropping invalidations: the batch is retried with
-// backoff until the query succeeds or ctx ends, and is never acknowledged
-// in between.
-func (p *Pipeline) mapBatch(ctx context.Context, batch []*replication.Transaction, plan *mapping.Plan) error {
+// resolve runs the batch's lookup queries. A failing query stalls the
+// stream rather than dropping invalidations: it is retried with backoff
+// until it succeeds or ctx ends, and the batch is never acknowledged in
+// between.
+func (p *Pipeline) resolve(ctx context.Context, plan *mapping.Plan, end replication.LSN) error {
 	backoff := 500 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		err := p.mapOnce(ctx, batch, plan)
+		err := p.resolver.Resolve(ctx, plan)
 		if err == nil {
 			return nil
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("map batch ending at %s: %w", batch[len(batch)-1].EndLSN, err)
+			return fmt.Errorf("map batch ending at %s: %w", end, err)
 		}
 		p.log.Error("cannot derive invalidations; batch not acknowledged, retrying", zap.Error(err), zap.Int("attempt", attempt), zap.Duration("retry_in", backoff))
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("map batch ending at %s: %w", batch[len(batch)-1].EndLSN, err)
+			return fmt.Errorf("map batch ending at %s: %w", end, err)
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 30*time.Second)
 	}
-}
-
-func (p *Pipeline) mapOnce(ctx context.Context, batch []*replication.Transaction, plan *mapping.Plan) error {
-	plan.Reset()
-	for _, tx := range batch {
-		if err := p.mapper.Map(ctx, tx, plan); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // CheckRelation warns, once per table and column, when the table's replica

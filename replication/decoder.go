@@ -1,11 +1,21 @@
 package replication
 
 import (
+	"bytes"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 )
+
+// Sink takes a transaction's row changes as they are decoded, so the
+// consumer keeps only what it derives from them (cache keys), never the
+// rows: a million-row UPDATE must not mean a million row images in memory.
+// The Change and its values are valid only during Add: they alias the
+// message being decoded.
+type Sink interface {
+	Add(c *Change)
+}
 
 // Decoder assembles pgoutput (protocol version 2) messages into committed
 // transactions, including transactions that Postgres streams while they
@@ -19,12 +29,12 @@ type Decoder struct {
 	inStream  bool                    // between Stream Start and Stream Stop: ParseV2 needs to know
 	streamXid uint32
 
-	// MaxChanges caps the row changes kept per transaction; past it, the
-	// changes of relations for which Collapsible is true are replaced by one
-	// Truncate change each (Overflow set), so memory stays bounded and the
-	// consumer falls back to the table's on_truncate rules. Zero: no cap.
-	MaxChanges  int
-	Collapsible func(*Relation) bool
+	// NewSink gives each transaction its Sink. Without one, the decoder
+	// keeps copies of the changes in Transaction.Changes.
+	NewSink func() Sink
+
+	change   Change // reused for every row change
+	old, new []Value
 }
 
 // NewDecoder returns a Decoder with an empty relation cache.
@@ -42,10 +52,29 @@ func (d *Decoder) Reset() {
 	clear(d.streams)
 }
 
+func (d *Decoder) newTransaction(xid uint32) *Transaction {
+	tx := &Transaction{Xid: xid}
+	if d.NewSink != nil {
+		tx.Sink = d.NewSink()
+	} else {
+		tx.Sink = (*collector)(tx)
+	}
+	return tx
+}
+
 // Decode consumes one pgoutput message. It returns the transaction when msg
 // is its commit, and the relation when msg described one (so callers can
 // check it against the registry).
 func (d *Decoder) Decode(walData []byte) (tx *Transaction, relation *Relation, err error) {
+	if len(walData) == 0 {
+		return nil, nil, fmt.Errorf("empty pgoutput message")
+	}
+	switch walData[0] {
+	case 'I', 'U', 'D':
+		// Row changes are the bulk of the stream: decoded in place (see
+		// rows.go) rather than by pglogrepl, which allocates per column.
+		return nil, nil, d.decodeRow(walData)
+	}
 	msg, err := d.parse(walData)
 	if err != nil {
 		return nil, nil, err
@@ -60,7 +89,8 @@ func (d *Decoder) Decode(walData []byte) (tx *Transaction, relation *Relation, e
 		d.relations[rel.ID] = rel
 		return nil, rel, nil
 	case *pglogrepl.BeginMessage:
-		d.tx = &Transaction{Xid: m.Xid, CommitTime: m.CommitTime}
+		d.tx = d.newTransaction(m.Xid)
+		d.tx.CommitTime = m.CommitTime
 	case *pglogrepl.CommitMessage:
 		if d.tx == nil {
 			return nil, nil, fmt.Errorf("commit at %s without begin", m.CommitLSN)
@@ -71,7 +101,7 @@ func (d *Decoder) Decode(walData []byte) (tx *Transaction, relation *Relation, e
 	case *pglogrepl.StreamStartMessageV2:
 		d.inStream, d.streamXid = true, m.Xid
 		if d.streams[m.Xid] == nil {
-			d.streams[m.Xid] = &Transaction{Xid: m.Xid}
+			d.streams[m.Xid] = d.newTransaction(m.Xid)
 		}
 	case *pglogrepl.StreamStopMessageV2:
 		d.inStream = false
@@ -99,26 +129,22 @@ func (d *Decoder) Decode(walData []byte) (tx *Transaction, relation *Relation, e
 				}
 			}
 		}
-	case *pglogrepl.InsertMessageV2:
-		return nil, nil, d.add(m.RelationID, Insert, 0, nil, m.Tuple)
-	case *pglogrepl.UpdateMessageV2:
-		return nil, nil, d.add(m.RelationID, Update, m.OldTupleType, m.OldTuple, m.NewTuple)
-	case *pglogrepl.DeleteMessageV2:
-		return nil, nil, d.add(m.RelationID, Delete, m.OldTupleType, m.OldTuple, nil)
 	case *pglogrepl.TruncateMessageV2:
 		cur, err := d.current("truncate")
 		if err != nil {
 			return nil, nil, err
 		}
 		for _, id := range m.RelationIDs {
-			rel, ok := d.relations[id]
-			if !ok {
+			if _, ok := d.relations[id]; !ok {
 				return nil, nil, fmt.Errorf("truncate of unknown relation %d", id)
 			}
-			cur.Changes = append(cur.Changes, Change{Op: Truncate, Relation: rel})
+		}
+		for _, id := range m.RelationIDs {
+			d.change = Change{Op: Truncate, Relation: d.relations[id]}
+			cur.Sink.Add(&d.change)
 		}
 	}
-	// Origin, Type and logical decoding messages carry nothing to invalidate.
+	// Origin, Type and other logical decoding messages carry nothing to invalidate.
 	return nil, nil, nil
 }
 
@@ -136,109 +162,16 @@ func (d *Decoder) current(what string) (*Transaction, error) {
 	return d.tx, nil
 }
 
-func (d *Decoder) add(relID uint32, op Op, oldType uint8, old, new *pglogrepl.TupleData) error {
-	tx, err := d.current(op.String())
-	if err != nil {
-		return err
-	}
-	rel, ok := d.relations[relID]
-	if !ok {
-		return fmt.Errorf("%s on unknown relation %d", op, relID)
-	}
-	if tx.overflow != nil && d.Collapsible(rel) {
-		tx.collapse(rel)
-		return nil
-	}
-	c := Change{Op: op, Relation: rel}
-	if old != nil {
-		if c.Old, err = values(rel, old, oldType == pglogrepl.UpdateMessageTupleTypeKey); err != nil {
-			return fmt.Errorf("%s on %s: old row: %w", op, rel.QualifiedName(), err)
-		}
-	}
-	if new != nil {
-		if c.New, err = values(rel, new, false); err != nil {
-			return fmt.Errorf("%s on %s: new row: %w", op, rel.QualifiedName(), err)
-		}
-		if c.Old != nil {
-			// An unchanged TOASTed value is not sent in the new image; the
-			// old image (replica identity FULL) has it.
-			for i, v := range c.New {
-				if v.Kind == Unchanged && (c.Old[i].Kind == Text || c.Old[i].Kind == Null) {
-					c.New[i] = c.Old[i]
-				}
-			}
-		}
-	}
-	tx.Changes = append(tx.Changes, c)
-	if d.MaxChanges > 0 && tx.overflow == nil && len(tx.Changes) > d.MaxChanges && d.Collapsible != nil {
-		tx.startOverflow(d.Collapsible)
-	}
-	return nil
-}
-
-// startOverflow replaces the changes of collapsible relations by one
-// Truncate change per relation.
-func (tx *Transaction) startOverflow(collapsible func(*Relation) bool) {
-	tx.overflow = map[uint32]bool{}
-	kept := tx.Changes[:0]
-	for _, c := range tx.Changes {
-		if c.Op != Truncate && collapsible(c.Relation) {
-			if !tx.overflow[c.Relation.ID] {
-				tx.overflow[c.Relation.ID] = true
-				kept = append(kept, Change{Op: Truncate, Relation: c.Relation, Overflow: true})
-			}
-			continue
-		}
-		kept = append(kept, c)
-	}
-	clear(tx.Changes[len(kept):]) // let the dropped rows be collected
-	tx.Changes = kept
-	tx.Overflowed = true
-}
-
-func (tx *Transaction) collapse(rel *Relation) {
-	if !tx.overflow[rel.ID] {
-		tx.overflow[rel.ID] = true
-		tx.Changes = append(tx.Changes, Change{Op: Truncate, Relation: rel, Overflow: true})
-	}
-}
-
-// values converts a tuple. In a key-only image the non-key columns arrive as
-// NULLs that mean "not sent", so they become Missing.
-func values(rel *Relation, t *pglogrepl.TupleData, keyOnly bool) ([]Value, error) {
-	if len(t.Columns) != len(rel.Columns) {
-		return nil, fmt.Errorf("%d columns, relation has %d", len(t.Columns), len(rel.Columns))
-	}
-	out := make([]Value, len(t.Columns))
-	for i, col := range t.Columns {
-		switch {
-		case keyOnly && !rel.Columns[i].Key:
-			out[i] = Value{Kind: Missing}
-		case col.DataType == pglogrepl.TupleDataTypeNull:
-			out[i] = Value{Kind: Null}
-		case col.DataType == pglogrepl.TupleDataTypeToast:
-			out[i] = Value{Kind: Unchanged}
-		case col.DataType == pglogrepl.TupleDataTypeText:
-			out[i] = Value{Kind: Text, Data: col.Data} // pglogrepl copied it out of the receive buffer
-		default:
-			return nil, fmt.Errorf("column %s: unsupported tuple data type %q", rel.Columns[i].Name, col.DataType)
-		}
-	}
-	return out, nil
-}
-
-// parse wraps pglogrepl.ParseV2: its tuple decoder indexes without bounds
-// checks, and a malformed message must become an error, not a crash.
+// parse wraps pglogrepl.ParseV2 for the messages other than row changes:
+// its decoders index without bounds checks, and a malformed message must
+// become an error, not a crash.
 func (d *Decoder) parse(data []byte) (msg pglogrepl.Message, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			msg, err = nil, fmt.Errorf("malformed pgoutput message (type %q, %d bytes): %v", firstByte(data), len(data), r)
 		}
 	}()
-	if len(data) == 0 {
-		return nil, fmt.Errorf("empty pgoutput message")
-	}
-	if err := checkLengths(data, d.inStream); err != nil {
+	if err := checkTruncateLength(data, d.inStream); err != nil {
 		return nil, err
 	}
 	msg, err = pglogrepl.ParseV2(data, d.inStream)
@@ -253,4 +186,25 @@ func firstByte(b []byte) byte {
 		return 0
 	}
 	return b[0]
+}
+
+// collector is the Sink of a Decoder without NewSink: it keeps copies of
+// the changes, for tools and tests that want the rows themselves.
+type collector Transaction
+
+func (c *collector) Add(ch *Change) {
+	cp := *ch
+	cp.Old, cp.New = copyValues(ch.Old), copyValues(ch.New)
+	c.Changes = append(c.Changes, cp)
+}
+
+func copyValues(vs []Value) []Value {
+	if vs == nil {
+		return nil
+	}
+	out := make([]Value, len(vs))
+	for i, v := range vs {
+		out[i] = Value{Kind: v.Kind, Data: bytes.Clone(v.Data)}
+	}
+	return out
 }

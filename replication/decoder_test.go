@@ -145,7 +145,7 @@ func TestDecodeInsertTransaction(t *testing.T) {
 		t.Fatalf("%d changes", len(tx.Changes))
 	}
 	c := tx.Changes[0]
-	if c.Op != replication.Insert || c.Relation != rel || c.Old != nil || c.Overflow {
+	if c.Op != replication.Insert || c.Relation != rel || c.Old != nil {
 		t.Errorf("change %+v", c)
 	}
 	if want := []replication.Value{text("1"), text("a@x"), null}; !reflect.DeepEqual(c.New, want) {
@@ -241,7 +241,7 @@ func TestDecodeTruncate(t *testing.T) {
 	}
 	var got []string
 	for _, c := range txs[0].Changes {
-		if c.Op != replication.Truncate || c.Old != nil || c.New != nil || c.Overflow {
+		if c.Op != replication.Truncate || c.Old != nil || c.New != nil {
 			t.Errorf("change %+v", c)
 		}
 		got = append(got, c.Relation.QualifiedName())
@@ -404,35 +404,6 @@ func TestDecodeHeartbeat(t *testing.T) {
 	}
 	if !txs[1].Heartbeat.IsZero() || !txs[2].Heartbeat.IsZero() {
 		t.Errorf("non-transactional or garbled heartbeat recorded: %v %v", txs[1].Heartbeat, txs[2].Heartbeat)
-	}
-}
-
-func TestDecodeOverflow(t *testing.T) {
-	d := replication.NewDecoder()
-	d.MaxChanges = 2
-	d.Collapsible = func(r *replication.Relation) bool { return r.Name == "users" }
-	txs := decodeAll(t, d, usersRelation('d'), teamsRelation(), begin(),
-		pgoutputtest.Insert(relUsers, pv("1"), nil, nil),
-		pgoutputtest.Insert(relTeams, pv("1"), pv("a")),
-		pgoutputtest.Insert(relUsers, pv("2"), nil, nil),
-		pgoutputtest.Insert(relTeams, pv("2"), pv("b")),
-		pgoutputtest.Update(relUsers, 0, nil, []pv{pv("3"), nil, nil}),
-		commit())
-	tx := txs[0]
-	if !tx.Overflowed {
-		t.Error("Overflowed not set")
-	}
-	var got []string
-	for _, c := range tx.Changes {
-		s := c.Op.String() + " " + c.Relation.Name
-		if c.Overflow {
-			s += " (overflow)"
-		}
-		got = append(got, s)
-	}
-	want := []string{"truncate users (overflow)", "insert teams", "insert teams"}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("changes %q, want %q", got, want)
 	}
 }
 

@@ -92,8 +92,6 @@ func FuzzDecoderStream(f *testing.F) {
 		streamStop(), streamAbort(500, 501), streamCommit(500, 9, 10)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d := replication.NewDecoder()
-		d.MaxChanges = 3
-		d.Collapsible = func(r *replication.Relation) bool { return r.ID%2 == 0 }
 		for len(data) >= 2 {
 			n := int(binary.BigEndian.Uint16(data))
 			data = data[2:]

@@ -83,26 +83,23 @@ type Change struct {
 	Old []Value
 	// New is the new row image (INSERT, UPDATE).
 	New []Value
-	// Overflow marks a Truncate that stands for the relation's changes in a
-	// transaction too large to keep row by row.
-	Overflow bool
 }
 
 // HeartbeatPrefix marks walbust's own logical decoding messages.
 const HeartbeatPrefix = "walbust.heartbeat"
 
-// Transaction is a committed transaction and its row changes in order.
+// Transaction is a committed transaction.
 type Transaction struct {
 	Xid        uint32
 	CommitLSN  LSN // start of the commit record
 	EndLSN     LSN // end of the commit record: the position to confirm
 	CommitTime time.Time
-	Changes    []Change
-	// Overflowed: some relations' changes were collapsed (see Decoder.MaxChanges).
-	Overflowed bool
+	// Sink received the row changes (see Decoder.NewSink).
+	Sink Sink
+	// Changes are the row changes in order, kept only when the decoder had
+	// no NewSink.
+	Changes []Change
 	// Heartbeat is when walbust emitted the heartbeat message this
 	// transaction carries (zero if none): its round trip is the true lag.
 	Heartbeat time.Time
-
-	overflow map[uint32]bool // relations collapsed so far
 }

@@ -55,8 +55,12 @@ func explainCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 		defer pool.Close()
 		querier = pool
 	}
+	// The same steps as run: map the change as it is decoded, then run the
+	// lookups its commit would trigger.
 	var plan mapping.Plan
-	if err := mapping.NewMapper(l.reg, querier).MapChange(ctx, &change, 0, &plan); err != nil {
+	mapper := mapping.NewMapper(l.reg, querier)
+	mapper.MapChange(&change, &plan)
+	if err := mapper.Resolve(ctx, &plan); err != nil {
 		return err
 	}
 	printPlan(stdout, l.reg.File, *table, op, note, &plan)
@@ -173,9 +177,9 @@ func printPlan(w io.Writer, file, table string, op replication.Op, note string, 
 	if note != "" {
 		fmt.Fprintln(w, note)
 	}
-	fmt.Fprintf(w, "%s %s: %d invalidation(s), %d rule(s) skipped, %d lookup(s)\n", op, table, len(plan.Invalidations), plan.Skipped, plan.Lookups)
+	fmt.Fprintf(w, "%s %s: %d invalidation(s), %d rule(s) skipped, %d lookup(s)\n", op, table, plan.Len(), plan.Skipped, plan.Lookups)
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
-	for _, inv := range plan.Invalidations {
+	for _, inv := range plan.Invalidations() {
 		kind := "key"
 		if inv.Pattern {
 			kind = "pattern"

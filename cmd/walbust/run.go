@@ -98,24 +98,17 @@ func (d *daemon) stream(ctx context.Context) error {
 	}
 	p := pipeline.New(pipeline.Options{
 		Registry: d.reg, Querier: d.querier, Applier: d.inv, Store: d.store, Logger: d.log, Observer: d.metrics,
-		Checkpoint: stored, ShutdownGrace: d.cfg.ShutdownTimeout,
+		Checkpoint: stored, ShutdownGrace: d.cfg.ShutdownTimeout, MaxTxChanges: d.cfg.MaxTxChanges,
 	})
 	src := replication.NewStreamer(replication.Options{
 		URL: d.cfg.Postgres.URL, Slot: d.cfg.Postgres.Slot, Publication: d.cfg.Postgres.Publication,
 		StatusInterval: d.cfg.Postgres.StatusInterval, Logger: d.log.Named("replication"),
-		OnRelation: p.CheckRelation, MaxTxChanges: d.cfg.MaxTxChanges, Collapsible: d.hasOnTruncate,
+		OnRelation: p.CheckRelation, NewSink: p.NewSink, Admit: p.Admit,
 		OnConnected: d.metrics.Connected, OnReport: d.metrics.Reported,
 	}, stored)
 	d.log.Info("starting", zap.String("version", version), zap.String("slot", d.cfg.Postgres.Slot),
 		zap.Stringer("checkpoint_lsn", stored), zap.String("checkpoint", d.store.Path()), zap.Int("tables", len(d.reg.Tables)))
 	return p.Run(ctx, src)
-}
-
-// hasOnTruncate: only tables with on_truncate rules may have a huge
-// transaction's changes collapsed, since the rules are the fallback.
-func (d *daemon) hasOnTruncate(rel *replication.Relation) bool {
-	t := d.reg.Tables[rel.QualifiedName()]
-	return t != nil && t.OnTruncate != nil
 }
 
 // preflight refuses to start when streaming could only lose invalidations:
@@ -192,7 +185,7 @@ func (d *daemon) slotLost(ctx context.Context, cause error) error {
 	for _, p := range plan.Problems {
 		d.log.Error("resync cannot invalidate a table's keys; flush them by hand", zap.String("table", p.Table), zap.String("problem", p.Msg))
 	}
-	st, err := d.inv.Apply(ctx, plan.Invalidations)
+	st, err := d.inv.Apply(ctx, plan.Invalidations())
 	if err != nil {
 		return fmt.Errorf("resync: %w", err)
 	}
