@@ -150,16 +150,27 @@ func (p *Pipeline) NewSink() replication.Sink {
 	return &txPlan{mapper: p.mapper}
 }
 
-// Admit holds tx until the queue has room for its plan
-// (replication.Options.Admit). A plan larger than the whole queue waits
-// for the queue to be empty.
+// TryAdmit implements replication.Admitter: it takes room in the queue for
+// tx's plan if there is some. A plan larger than the whole queue waits for
+// the queue to be empty.
+func (p *Pipeline) TryAdmit(tx *replication.Transaction) bool {
+	t := tx.Sink.(*txPlan)
+	w := min(int64(t.plan.Size()), p.opts.QueueBytes)
+	if !p.budget.TryAcquire(w) {
+		return false
+	}
+	t.weight = w
+	return true
+}
+
+// Admit implements replication.Admitter: it waits for room for tx's plan.
 func (p *Pipeline) Admit(ctx context.Context, tx *replication.Transaction) error {
 	t := tx.Sink.(*txPlan)
-	t.weight = min(int64(t.plan.Size()), p.opts.QueueBytes)
-	if err := p.budget.Acquire(ctx, t.weight); err != nil {
-		t.weight = 0
+	w := min(int64(t.plan.Size()), p.opts.QueueBytes)
+	if err := p.budget.Acquire(ctx, w); err != nil {
 		return err
 	}
+	t.weight = w
 	return nil
 }
 

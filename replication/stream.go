@@ -24,6 +24,14 @@ type Acknowledger interface {
 	Acknowledged() (lsn LSN, applied uint64)
 }
 
+// Admitter holds transactions back until the consumer has room for them.
+type Admitter interface {
+	// TryAdmit takes room for tx if there is some now.
+	TryAdmit(tx *Transaction) bool
+	// Admit waits for room; an error means ctx ended first.
+	Admit(ctx context.Context, tx *Transaction) error
+}
+
 // Options configures a Streamer.
 type Options struct {
 	URL            string
@@ -40,10 +48,9 @@ type Options struct {
 	// NewSink gives each transaction the Sink its row changes go to (see
 	// Decoder.NewSink).
 	NewSink func() Sink
-	// Admit, when set, blocks until the consumer has room for tx, so what
-	// is queued stays bounded in bytes and not only in transactions. An
-	// error means ctx ended.
-	Admit func(ctx context.Context, tx *Transaction) error
+	// Admitter, when set, bounds what is queued for the consumer in bytes
+	// and not only in transactions.
+	Admitter Admitter
 	// OnConnected is told when streaming starts (true) and stops (false).
 	OnConnected func(bool)
 	// OnReport is told the server's WAL end and the confirmed position at
@@ -265,7 +272,7 @@ func (s *Streamer) deliver(ctx context.Context, tx *Transaction, out chan<- *Tra
 	if tx.EndLSN <= s.lastDelivered {
 		return nil
 	}
-	if s.opts.Admit != nil {
+	if s.opts.Admitter != nil && !s.opts.Admitter.TryAdmit(tx) {
 		if err := s.admit(ctx, tx, ack); err != nil {
 			return err
 		}
@@ -293,7 +300,7 @@ func (s *Streamer) deliver(ctx context.Context, tx *Transaction, out chan<- *Tra
 func (s *Streamer) admit(ctx context.Context, tx *Transaction, ack Acknowledger) error {
 	for {
 		actx, cancel := context.WithDeadline(ctx, s.lastReport.Add(s.opts.StatusInterval))
-		err := s.opts.Admit(actx, tx)
+		err := s.opts.Admitter.Admit(actx, tx)
 		cancel()
 		if err == nil || ctx.Err() != nil {
 			return nil

@@ -103,7 +103,7 @@ func (d *daemon) stream(ctx context.Context) error {
 	src := replication.NewStreamer(replication.Options{
 		URL: d.cfg.Postgres.URL, Slot: d.cfg.Postgres.Slot, Publication: d.cfg.Postgres.Publication,
 		StatusInterval: d.cfg.Postgres.StatusInterval, Logger: d.log.Named("replication"),
-		OnRelation: p.CheckRelation, NewSink: p.NewSink, Admit: p.Admit,
+		OnRelation: p.CheckRelation, NewSink: p.NewSink, Admitter: p,
 		OnConnected: d.metrics.Connected, OnReport: d.metrics.Reported,
 	}, stored)
 	d.log.Info("starting", zap.String("version", version), zap.String("slot", d.cfg.Postgres.Slot),
