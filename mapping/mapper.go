@@ -82,6 +82,10 @@ func (p *Plan) add(inv Invalidation, key []byte) {
 		if inv.Version > p.Invalidations[i].Version {
 			p.Invalidations[i].Version = inv.Version
 		}
+		if inv.Action == Fence && inv.TTL > p.Invalidations[i].TTL {
+			// Two tables fence one key: the longer fence_ttl protects both.
+			p.Invalidations[i].TTL = inv.TTL
+		}
 		return
 	}
 	inv.Key = string(key)
@@ -207,6 +211,8 @@ func (t *Table) base(version uint64) Invalidation {
 		base.Aux = t.Action.VersionKey
 	case Stale:
 		base.Aux = t.Action.StaleKey
+	case Fence:
+		base.TTL = t.Action.FenceTTL
 	}
 	return base
 }

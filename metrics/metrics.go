@@ -137,7 +137,7 @@ func (m *Metrics) InitSeries(tables []string) {
 			m.Problems.WithLabelValues(t, op.String())
 		}
 	}
-	for a := mapping.Delete; a <= mapping.Stale; a++ {
+	for a := mapping.Delete; a <= mapping.Fence; a++ {
 		for _, kind := range [2]string{"key", "pattern"} {
 			m.Keys.WithLabelValues(a.String(), kind)
 		}
@@ -172,7 +172,7 @@ func (m *Metrics) BatchApplied(batch []*replication.Transaction, plan *mapping.P
 	}
 	// Count per (action, kind) first: a label lookup per key would cost
 	// more than rendering it.
-	var counts [mapping.Stale + 1][2]int
+	var counts [mapping.Fence + 1][2]int
 	for _, inv := range plan.Invalidations {
 		kind := 0
 		if inv.Pattern {
@@ -180,7 +180,7 @@ func (m *Metrics) BatchApplied(batch []*replication.Transaction, plan *mapping.P
 		}
 		counts[inv.Action][kind]++
 	}
-	for a := mapping.Delete; a <= mapping.Stale; a++ {
+	for a := mapping.Delete; a <= mapping.Fence; a++ {
 		for kind, name := range [2]string{"key", "pattern"} {
 			if n := counts[a][kind]; n > 0 {
 				m.Keys.WithLabelValues(a.String(), name).Add(float64(n))
