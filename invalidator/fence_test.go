@@ -51,7 +51,7 @@ func TestApplyFence(t *testing.T) {
 	rdb.Set(ctx, "search:1:a", val, time.Hour)
 	rdb.Set(ctx, "search:1:b", protocol.Lease(0, other), 10*time.Second) // a reader filling it
 	rdb.Set(ctx, "search:2:a", val, time.Hour)                           // not matched
-	rdb.Set(ctx, "order:9", protocol.Tombstone(900, other), time.Minute)   // fenced by a later commit already
+	rdb.Set(ctx, "order:9", protocol.Tombstone(900, other), time.Minute) // fenced by a later commit already
 
 	fence := func(key string, lsn uint64, pattern bool) mapping.Invalidation {
 		return mapping.Invalidation{Action: mapping.Fence, Key: key, Pattern: pattern, Version: lsn, TTL: 30 * time.Second}
