@@ -18,9 +18,11 @@ type groupReport struct {
 	cached        int
 	staleKeys     int
 	invisible     int // stale keys explained by a fence applied before its commit was visible
-	examples      []string
-	loads         int64 // mode (b): loader calls
-	fillsLost     int64 // mode (b): fills refused by the fence
+	// invisibleReads: stale reads at the headline window explained so
+	invisibleReads int64
+	examples       []string
+	loads          int64 // mode (b): loader calls
+	fillsLost      int64 // mode (b): fills refused by the fence
 }
 
 type report struct {
@@ -113,7 +115,8 @@ func (r *report) print(w io.Writer) {
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
-	h := r.cfg.Windows[r.headlineIndex()]
+	hi := r.headlineIndex()
+	h := r.cfg.Windows[hi]
 	for _, m := range []struct {
 		mode byte
 		desc string
@@ -121,6 +124,17 @@ func (r *report) print(w io.Writer) {
 		reads, stale, cached, staleKeys := r.mode(m.mode)
 		fmt.Fprintf(w, "%s: %d reads, %s nines consistent after %d ms (%d stale reads); %d stale keys left of %d cached\n",
 			m.desc, reads, nines(stale, reads), h.Milliseconds(), stale, staleKeys, cached)
+		for _, g := range r.groups {
+			if g.mode != m.mode {
+				continue
+			}
+			extra := ""
+			if g.invisibleReads > 0 || g.invisible > 0 {
+				extra = fmt.Sprintf("; fenced before visible: %d of the stale reads, %d of the stale keys", g.invisibleReads, g.invisible)
+			}
+			fmt.Fprintf(w, "  %s readers: %d reads, %s nines consistent after %d ms, %d stale keys left%s\n",
+				strings.TrimSpace(g.name[3:]), g.reads, nines(g.stale[hi], g.reads), h.Milliseconds(), g.staleKeys, extra)
+		}
 	}
 	for _, g := range r.groups {
 		for _, ex := range g.examples {

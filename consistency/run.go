@@ -117,7 +117,8 @@ func run(ctx context.Context, cfg config, logf func(string, ...any)) (*report, e
 		rep.firstWriteError = s
 	}
 	for _, g := range w.groups {
-		gr := groupReport{name: g.name, mode: g.mode, replica: g.replica, reads: g.reads.Load(), errors: g.errors.Load()}
+		gr := groupReport{name: g.name, mode: g.mode, replica: g.replica, reads: g.reads.Load(), errors: g.errors.Load(),
+			invisibleReads: g.invisible.Load()}
 		for k := range cfg.Windows {
 			gr.stale = append(gr.stale, g.stale[k].Load())
 		}

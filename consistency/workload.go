@@ -31,6 +31,9 @@ type group struct {
 	reads  atomic.Int64
 	errors atomic.Int64
 	stale  []atomic.Int64 // per window
+	// invisible: stale reads at the headline window of values whose load
+	// had seen the tombstone of the write they missed (mode (b), primary).
+	invisible atomic.Int64
 }
 
 func (g *group) key(id int) string { return g.prefix + strconv.Itoa(id) }
@@ -177,6 +180,9 @@ func (w *workload) readers(ctx context.Context, stop *atomic.Bool, wg *sync.Wait
 					for k, win := range w.cfg.Windows {
 						if v < w.hist.required(id, start, win) {
 							g.stale[k].Add(1)
+							if win == w.cfg.Headline && g.mode == 'b' && !g.replica && w.hist.fencedBeforeVisible(id, v) {
+								g.invisible.Add(1)
+							}
 						}
 					}
 				}
