@@ -131,6 +131,10 @@ func newEnv(ctx context.Context, cfg config, logf func(string, ...any)) (e *env,
 		throwaway.WithSetting("max_connections", "200"),
 		throwaway.WithSetting("recovery_min_apply_delay", fmt.Sprintf("%dms", cfg.ApplyDelay.Milliseconds())),
 		throwaway.WithSetting("hot_standby_feedback", "on"),
+		// Report replay progress to the primary (pg_stat_replication) every
+		// second rather than every 10 s, so a re-fence that watches it
+		// follows the replica closely.
+		throwaway.WithSetting("wal_receiver_status_interval", "1s"),
 		throwaway.WithSetting("max_standby_streaming_delay", "-1")); err != nil {
 		return e, err
 	}
