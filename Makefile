@@ -4,6 +4,7 @@
 #   make test    lint (gofmt, go vet, staticcheck if installed) + unit + e2e tests
 #   make build   bin/walbust
 #   make deps    install the Debian packages postgresql and redis-server when missing
+#   make consistency  the consistency harness: cache-aside readers vs walbust, primary + lagging replica
 #
 # demo and test need the PostgreSQL server binaries (/usr/lib/postgresql/*/bin)
 # and redis-server. They only use the binaries: the tests and the demo start
@@ -20,7 +21,7 @@ GOPATH_BIN  := $(shell $(GO) env GOPATH 2>/dev/null)/bin
 STATICCHECK ?= $(GOPATH_BIN)/staticcheck
 TEST_FLAGS  ?= -count=1 -timeout 15m
 
-.PHONY: all bench demo test unit lint fmt-check vet staticcheck build deps clean
+.PHONY: all bench consistency demo test unit lint fmt-check vet staticcheck build deps clean
 
 all: build
 
@@ -87,6 +88,11 @@ deps:
 ## bench: the issue-6 benchmark suite (quick scale; BENCH_FLAGS="-scale full" for the issue's sizes)
 bench: deps
 	$(GO) run ./bench $(BENCH_FLAGS)
+
+## consistency: the issue-7 consistency harness (>= 1M reads of mode (b), kill -9 of walbust mid-run;
+## CONSISTENCY_FLAGS="-reads 200000" for a quicker run). `make test` runs a short version.
+consistency: deps
+	$(GO) run ./consistency $(CONSISTENCY_FLAGS)
 
 clean:
 	rm -rf bin

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/walbust/walbust/mapping"
+	"github.com/walbust/walbust/protocol"
 )
 
 // Options configures an Invalidator.
@@ -42,6 +43,10 @@ type Invalidator struct {
 	opts   Options
 	log    *zap.Logger
 	keys   []string // reused argument buffer
+	// token is written into every tombstone of one attempt. A new one per
+	// attempt: a retry or a replay re-fences with a token no reader has
+	// observed, which can only make more fills fail, never fewer.
+	token string
 }
 
 // Stats describes one applied batch.
@@ -130,6 +135,7 @@ func (iv *Invalidator) Apply(ctx context.Context, invs []mapping.Invalidation) (
 			// Redis restarted or SCRIPT FLUSH ran: EVALSHA inside a pipeline
 			// does not fall back to EVAL, so load the scripts and go again.
 			if err = iv.loadScripts(ctx); err == nil {
+				st = Stats{Attempts: st.Attempts} // count the keys once
 				err = iv.applyOnce(ctx, invs, &st)
 			}
 		}
@@ -160,6 +166,7 @@ func (iv *Invalidator) Apply(ctx context.Context, invs []mapping.Invalidation) (
 }
 
 func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidation, st *Stats) error {
+	iv.token = protocol.NewToken()
 	pipe := iv.client.Pipeline()
 	iv.keys = iv.keys[:0]
 	var patterns []mapping.Invalidation
@@ -193,6 +200,8 @@ func (iv *Invalidator) queue(ctx context.Context, pipe redis.Pipeliner, inv mapp
 		bumpScript.EvalSha(ctx, pipe, []string{inv.Aux.For(key)}, strconv.FormatUint(inv.Version, 10))
 	case mapping.Stale:
 		staleScript.EvalSha(ctx, pipe, []string{key, inv.Aux.For(key)}, inv.TTL.Milliseconds())
+	case mapping.Fence:
+		fenceScript.EvalSha(ctx, pipe, []string{key}, strconv.FormatUint(inv.Version, 10), iv.token, inv.TTL.Milliseconds())
 	default:
 		iv.keys = append(iv.keys, key)
 		if len(iv.keys) == iv.opts.KeysPerCommand {

@@ -21,7 +21,7 @@ func (iv *Invalidator) scan(ctx context.Context, inv mapping.Invalidation) (int,
 		}
 		pipe := iv.client.Pipeline()
 		for _, k := range keys {
-			if inv.Action != mapping.Delete && isCompanion(inv.Aux, k) {
+			if inv.Aux != (mapping.KeyFormat{}) && isCompanion(inv.Aux, k) {
 				continue // a version or stale key is not itself a cache entry
 			}
 			iv.queue(ctx, pipe, inv, k)

@@ -1,6 +1,10 @@
 package invalidator
 
-import "github.com/redis/go-redis/v9"
+import (
+	"github.com/redis/go-redis/v9"
+
+	"github.com/walbust/walbust/protocol"
+)
 
 // bumpScript raises a version key to ARGV[1], never lowering it, so replays
 // and reordered batches cannot move a version backwards. Versions are
@@ -27,4 +31,9 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
 `)
 
-var scripts = []*redis.Script{bumpScript, staleScript}
+// fenceScript writes a tombstone (protocol.FenceScript): atomic per key,
+// whatever the key held, never lowering the LSN of a tombstone or lease
+// already there, always with the batch's fresh token.
+var fenceScript = redis.NewScript(protocol.FenceScript)
+
+var scripts = []*redis.Script{bumpScript, staleScript, fenceScript}

@@ -19,8 +19,12 @@ const (
 	// Stale moves the value to StaleKey with a TTL and removes the live key,
 	// so a reader whose refresh fails can serve the last good value.
 	Stale
+	// Fence replaces the key with a tombstone carrying the commit LSN and
+	// a random token, for fence_ttl (see package protocol): a reader's fill
+	// that began before the tombstone was written fails.
+	Fence
 
-	maxAction = Stale
+	maxAction = Fence
 )
 
 func (a Action) String() string {
@@ -31,6 +35,8 @@ func (a Action) String() string {
 		return "bump"
 	case Stale:
 		return "stale"
+	case Fence:
+		return "fence"
 	}
 	return "unknown"
 }
@@ -44,8 +50,10 @@ func ParseAction(s string) (Action, error) {
 		return Bump, nil
 	case "stale":
 		return Stale, nil
+	case "fence":
+		return Fence, nil
 	}
-	return Delete, fmt.Errorf("unknown action %q (delete, bump, stale)", s)
+	return Delete, fmt.Errorf("unknown action %q (delete, bump, stale, fence)", s)
 }
 
 // Invalidation is one thing to do to Redis.
@@ -54,12 +62,13 @@ type Invalidation struct {
 	// Key is the cache key, or a SCAN MATCH pattern when Pattern is set.
 	Key     string
 	Pattern bool
-	// Version is the commit LSN a Bump raises the version to.
+	// Version is the commit LSN a Bump raises the version to and a Fence
+	// writes into its tombstone.
 	Version uint64
 	// Aux derives the companion key: the version key for Bump, the stale
 	// key for Stale.
 	Aux KeyFormat
-	// TTL is how long a Stale value survives.
+	// TTL is how long a Stale value or a Fence tombstone survives.
 	TTL time.Duration
 
 	Table    string    // the table whose change produced it

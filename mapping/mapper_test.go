@@ -57,6 +57,8 @@ func describe(inv mapping.Invalidation) string {
 		fmt.Fprintf(&b, " v=%d aux=%s", inv.Version, inv.Aux.For(inv.Key))
 	case mapping.Stale:
 		fmt.Fprintf(&b, " ttl=%s aux=%s", inv.TTL, inv.Aux.For(inv.Key))
+	case mapping.Fence:
+		fmt.Fprintf(&b, " v=%d ttl=%s", inv.Version, inv.TTL)
 	}
 	return b.String()
 }
@@ -343,6 +345,15 @@ tables:
     action: stale
     stale_key: "last-good:{key}"
     keys: ["flag:{id}"]
+  public.orders:
+    action: fence
+    keys: ["order:{id}", "shared:{id}"]
+    derived:
+      - patterns: ["order-search:{id}:*"]
+  public.lines:
+    action: fence
+    fence_ttl: 5m
+    keys: ["shared:{id}"]
 `
 
 func TestMapActions(t *testing.T) {
@@ -352,6 +363,7 @@ func TestMapActions(t *testing.T) {
 	}
 	rel := func(id uint32, name string) *replication.Relation { return relation(id, name, 'd', "id*") }
 	products, prices, settings, flags := rel(1, "public.products"), rel(2, "public.prices"), rel(3, "public.settings"), rel(4, "public.flags")
+	orders, lines := rel(5, "public.orders"), rel(6, "public.lines")
 	tx := func(commit replication.LSN, cs ...replication.Change) *replication.Transaction {
 		return &replication.Transaction{CommitLSN: commit, EndLSN: commit + 0x28, Changes: cs}
 	}
@@ -378,6 +390,12 @@ func TestMapActions(t *testing.T) {
 		{"stale with the default TTL and a custom stale key",
 			[]*replication.Transaction{tx(1, ins(flags, "x"))},
 			[]string{"stale flag:x ttl=10m0s aux=last-good:flag:x"}},
+		{"fence carries the commit LSN and the default fence_ttl, for keys and patterns",
+			[]*replication.Transaction{tx(0x16B3748, ins(orders, "7"))},
+			[]string{"fence order:7 v=23803720 ttl=1m0s", "fence shared:7 v=23803720 ttl=1m0s", "fence pattern order-search:7:* v=23803720 ttl=1m0s"}},
+		{"fence dedupe keeps the larger LSN and the longer fence_ttl",
+			[]*replication.Transaction{tx(300, ins(orders, "7")), tx(200, ins(lines, "7"))},
+			[]string{"fence order:7 v=300 ttl=1m0s", "fence shared:7 v=300 ttl=5m0s", "fence pattern order-search:7:* v=300 ttl=1m0s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

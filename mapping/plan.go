@@ -111,6 +111,8 @@ func (p *Plan) At(i int) Invalidation {
 		inv.Aux = t.table.Action.VersionKey
 	case Stale:
 		inv.Aux = t.table.Action.StaleKey
+	case Fence:
+		inv.TTL = t.table.Action.FenceTTL
 	}
 	return inv
 }
@@ -192,6 +194,9 @@ func (p *Plan) add(tmpl *Template, key []byte, version uint64) {
 		e := &p.entries[*s-1]
 		if sameAction(e.tmpl, tmpl) && bytes.Equal(p.arena[e.off:e.off+e.n], key) {
 			e.version = max(e.version, version)
+			if tmpl.table.Action.Action == Fence && tmpl.table.Action.FenceTTL > e.tmpl.table.Action.FenceTTL {
+				e.tmpl = tmpl // two tables fence one key: the longer fence_ttl protects both
+			}
 			return
 		}
 	}

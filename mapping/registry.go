@@ -41,6 +41,7 @@ type ActionSpec struct {
 	StaleTTL   time.Duration // stale: how long the last good value survives
 	VersionKey KeyFormat     // bump: where a key's version lives
 	StaleKey   KeyFormat     // stale: where a key's last good value lives
+	FenceTTL   time.Duration // fence: how long a tombstone survives
 }
 
 // Position is a place in deps.yaml.
@@ -150,6 +151,7 @@ func defaultActionSpec() ActionSpec {
 		StaleTTL:   10 * time.Minute,
 		VersionKey: KeyFormat{Suffix: ":version"},
 		StaleKey:   KeyFormat{Suffix: ":stale"},
+		FenceTTL:   60 * time.Second,
 	}
 }
 
@@ -203,7 +205,7 @@ func build(doc *yamlnode.Doc) (*Registry, error) {
 	return reg, nil
 }
 
-var actionFields = []string{"action", "stale_ttl", "version_key", "stale_key"}
+var actionFields = []string{"action", "stale_ttl", "version_key", "stale_key", "fence_ttl"}
 
 // readActionSpec applies action settings found among fields to spec and
 // returns the fields it did not consume.
@@ -231,13 +233,18 @@ func readActionSpec(doc *yamlnode.Doc, fields []yamlnode.Field, spec *ActionSpec
 				doc.Errorf(f.Value, f.Path, "%v", err)
 			}
 			spec.Action = a
-		case "stale_ttl":
+		case "stale_ttl", "fence_ttl":
 			d, err := time.ParseDuration(s)
 			if err != nil || d < time.Millisecond {
-				doc.Errorf(f.Value, f.Path, "must be a duration of at least 1ms such as 10m, got %q", s)
+				example := map[string]string{"stale_ttl": "10m", "fence_ttl": "60s"}[f.Key.Value]
+				doc.Errorf(f.Value, f.Path, "must be a duration of at least 1ms such as %s, got %q", example, s)
 				continue
 			}
-			spec.StaleTTL = d
+			if f.Key.Value == "stale_ttl" {
+				spec.StaleTTL = d
+			} else {
+				spec.FenceTTL = d
+			}
 		case "version_key", "stale_key":
 			kf, err := parseKeyFormat(s)
 			if err != nil {

@@ -177,13 +177,14 @@ func TestParseActions(t *testing.T) {
 		ttl        time.Duration
 		versionKey string // For("k")
 		staleKey   string // For("k")
+		fenceTTL   time.Duration
 	}{
 		{"default is delete", `
 version: 1
 tables:
   public.t:
     keys: ["k"]
-`, mapping.Delete, 10 * time.Minute, "k:version", "k:stale"},
+`, mapping.Delete, 10 * time.Minute, "k:version", "k:stale", time.Minute},
 		{"defaults apply to tables", `
 version: 1
 defaults:
@@ -192,7 +193,7 @@ defaults:
 tables:
   public.t:
     keys: ["k"]
-`, mapping.Bump, 10 * time.Minute, "v:k", "k:stale"},
+`, mapping.Bump, 10 * time.Minute, "v:k", "k:stale", time.Minute},
 		{"defaults after tables still apply", `
 version: 1
 tables:
@@ -202,7 +203,7 @@ defaults:
   action: stale
   stale_ttl: 30s
   stale_key: "old:{key}:x"
-`, mapping.Stale, 30 * time.Second, "k:version", "old:k:x"},
+`, mapping.Stale, 30 * time.Second, "k:version", "old:k:x", time.Minute},
 		{"table overrides defaults", `
 version: 1
 defaults:
@@ -213,7 +214,7 @@ tables:
     action: bump
     version_key: "{key}:ver"
     keys: ["k"]
-`, mapping.Bump, time.Hour, "k:ver", "k:stale"},
+`, mapping.Bump, time.Hour, "k:ver", "k:stale", time.Minute},
 		{"stale with ttl", `
 version: 1
 tables:
@@ -222,7 +223,33 @@ tables:
     stale_ttl: 1m30s
     stale_key: "{key}:last-good"
     keys: ["k"]
-`, mapping.Stale, 90 * time.Second, "k:version", "k:last-good"},
+`, mapping.Stale, 90 * time.Second, "k:version", "k:last-good", time.Minute},
+		{"fence with the default fence_ttl", `
+version: 1
+tables:
+  public.t:
+    action: fence
+    keys: ["k"]
+`, mapping.Fence, 10 * time.Minute, "k:version", "k:stale", 60 * time.Second},
+		{"fence_ttl in defaults", `
+version: 1
+defaults:
+  action: fence
+  fence_ttl: 2m
+tables:
+  public.t:
+    keys: ["k"]
+`, mapping.Fence, 10 * time.Minute, "k:version", "k:stale", 2 * time.Minute},
+		{"table fence_ttl overrides defaults", `
+version: 1
+defaults:
+  fence_ttl: 2m
+tables:
+  public.t:
+    action: fence
+    fence_ttl: 1500ms
+    keys: ["k"]
+`, mapping.Fence, 10 * time.Minute, "k:version", "k:stale", 1500 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -231,9 +258,9 @@ tables:
 				t.Fatal(err)
 			}
 			a := reg.Tables["public.t"].Action
-			if a.Action != tt.action || a.StaleTTL != tt.ttl || a.VersionKey.For("k") != tt.versionKey || a.StaleKey.For("k") != tt.staleKey {
-				t.Errorf("got %v ttl %v version %q stale %q; want %v %v %q %q", a.Action, a.StaleTTL,
-					a.VersionKey.For("k"), a.StaleKey.For("k"), tt.action, tt.ttl, tt.versionKey, tt.staleKey)
+			if a.Action != tt.action || a.StaleTTL != tt.ttl || a.VersionKey.For("k") != tt.versionKey || a.StaleKey.For("k") != tt.staleKey || a.FenceTTL != tt.fenceTTL {
+				t.Errorf("got %v ttl %v version %q stale %q fence_ttl %v; want %v %v %q %q %v", a.Action, a.StaleTTL,
+					a.VersionKey.For("k"), a.StaleKey.For("k"), a.FenceTTL, tt.action, tt.ttl, tt.versionKey, tt.staleKey, tt.fenceTTL)
 			}
 		})
 	}
@@ -381,6 +408,26 @@ tables:
     keys: ["a"]
     stale_ttl: 10
 `, 5, 16, `got "10"`},
+		{"bad fence_ttl", `version: 1
+tables:
+  public.a:
+    action: fence
+    keys: ["a"]
+    fence_ttl: 1 minute
+`, 6, 16, `such as 60s, got "1 minute"`},
+		{"zero fence_ttl", `version: 1
+tables:
+  public.a:
+    keys: ["a"]
+    fence_ttl: 0s
+`, 5, 16, "at least 1ms"},
+		{"negative default fence_ttl", `version: 1
+defaults:
+  fence_ttl: -5s
+tables:
+  public.a:
+    keys: ["a"]
+`, 3, 14, `got "-5s"`},
 		{"negative default stale_ttl", `version: 1
 defaults:
   stale_ttl: -1m

@@ -136,7 +136,7 @@ func (m *Metrics) InitSeries(tables []string) {
 			m.Problems.WithLabelValues(t, op.String())
 		}
 	}
-	for a := mapping.Delete; a <= mapping.Stale; a++ {
+	for a := mapping.Delete; a <= mapping.Fence; a++ {
 		for _, kind := range [2]string{"key", "pattern"} {
 			m.Keys.WithLabelValues(a.String(), kind)
 		}

@@ -190,6 +190,8 @@ func printPlan(w io.Writer, file, table string, op replication.Op, note string, 
 			detail = fmt.Sprintf("set %s to the commit LSN if higher", inv.Aux.For(inv.Key))
 		case mapping.Stale:
 			detail = fmt.Sprintf("move to %s for %s", inv.Aux.For(inv.Key), inv.TTL)
+		case mapping.Fence:
+			detail = fmt.Sprintf("replace with a tombstone of the commit LSN for %s", inv.TTL)
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s:%d:%d\t%s\t%s\n", inv.Action, kind, inv.Key, file, inv.Template.Line, inv.Template.Column, inv.Rule.Name, detail)
 	}

@@ -129,3 +129,76 @@ func TestRedis(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestReplica(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	primary, err := StartPostgres(ctx, tempDir(t), WithSetting("synchronous_commit", "on"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer primary.Close()
+	if err := primary.Exec(ctx, "postgres", "CREATE TABLE t (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	const delay = 2 * time.Second
+	replica, err := StartReplica(ctx, tempDir(t), primary, WithSetting("recovery_min_apply_delay", delay.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := replica.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	if replica.Port() == primary.Port() {
+		t.Fatal("replica on the primary's port")
+	}
+	conn, err := replica.Connect(ctx, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var inRecovery bool
+	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil || !inRecovery {
+		t.Fatalf("pg_is_in_recovery() = %v, %v: want a standby", inRecovery, err)
+	}
+	if err := replica.Exec(ctx, "postgres", "CREATE TABLE u (id int)"); err == nil {
+		t.Error("the replica accepted a write")
+	}
+
+	committed := time.Now()
+	if err := primary.Exec(ctx, "postgres", "INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	count := func() int {
+		var n int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(); n != 0 && time.Since(committed) < delay {
+		t.Errorf("the replica applied the commit at once despite recovery_min_apply_delay %v", delay)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for count() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the replica never applied the commit")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if lag := time.Since(committed); lag < delay {
+		t.Errorf("applied after %v, before the %v delay", lag, delay)
+	}
+	// The primary sees it streaming.
+	pc, err := primary.Connect(ctx, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close(ctx)
+	var senders int
+	if err := pc.QueryRow(ctx, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").Scan(&senders); err != nil || senders != 1 {
+		t.Errorf("pg_stat_replication streaming = %d, %v; want 1", senders, err)
+	}
+}

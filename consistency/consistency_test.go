@@ -1,0 +1,57 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The short run of `make test`: a few seconds of writes with a kill -9 of
+// walbust in the middle. Mode (a) must show the race (stale keys left);
+// mode (b)'s primary readers must leave none; its replica readers must
+// leave none once walbust re-fences after replica lag.
+func TestConsistencyShort(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.Duration = 8 * time.Second
+	cfg.Reads = 0
+	cfg.Rows = 20
+	cfg.Writers = 2
+	cfg.WriteRate = 100
+	cfg.Readers = 3
+	cfg.ApplyDelay = 300 * time.Millisecond
+	cfg.KillAt = 3 * time.Second
+	cfg.Stall = 10 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	rep, err := run(ctx, cfg, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	rep.print(&out)
+	t.Log(out.String())
+	failures, invisible, notes := rep.verdict()
+	for _, n := range notes {
+		t.Log("note:", n)
+	}
+	// A rare daemon-side window (walbust fences a commit a moment before
+	// PostgreSQL makes it visible) is reported, not failed, so that this
+	// test is not flaky until walbust waits for visibility; make
+	// consistency fails on it.
+	for _, s := range invisible {
+		t.Log("KNOWN WALBUST ISSUE:", s)
+	}
+	for _, f := range failures {
+		t.Error(f)
+	}
+	if rep.kills != 1 {
+		t.Errorf("walbust was killed %d times, want 1", rep.kills)
+	}
+	if _, _, _, n := rep.mode('a'); n == 0 {
+		t.Error("mode (a) left no stale keys: the harness did not reproduce the race it exists to show")
+	}
+	if !rep.refence {
+		t.Logf("walbust does not re-fence yet (%s): mode (b)'s replica half was reported, not judged", rep.refenceNote)
+	}
+}

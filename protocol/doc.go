@@ -1,0 +1,18 @@
+// Package protocol is the wire contract between walbust and the services
+// that read the cache: what walbust writes into a fenced key, how a reader
+// turns that into a lease, how a value is wrapped, the Lua scripts that make
+// every step atomic, and the events walbust publishes after each batch.
+//
+// Every stored form is a plain Redis string that starts with an ASCII
+// prefix naming it and its version, so any language can tell them apart
+// with a prefix test and split them on ':'. LSNs are unsigned 64-bit
+// integers written in decimal without leading zeros ("0" is allowed);
+// tokens are 16 to 64 lower-case hex digits (NewToken makes 32).
+//
+//	tombstone  wbfence:1:<lsn>:<token>                          written by walbust's fence action
+//	lease      wblease:1:<lsn>:<token>                          a reader's claim to fill the key
+//	value      wbval:1:<soft-expiry-ms>:<nonce>:<kind>:<payload> a filled value; kind v (value) or n (not found)
+//
+// The package depends on nothing but the standard library, so the daemon,
+// the Go client (cacheaside) and tools can all import it.
+package protocol
