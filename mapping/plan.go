@@ -75,6 +75,9 @@ type ChangeCount struct {
 	N     int
 }
 
+// PendingLookups is the number of lookup queries recorded and not yet run.
+func (p *Plan) PendingLookups() int { return len(p.pending) }
+
 // Len is the number of invalidations.
 func (p *Plan) Len() int { return len(p.entries) }
 

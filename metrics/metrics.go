@@ -4,6 +4,7 @@ package metrics
 
 import (
 	"math"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -30,6 +31,9 @@ type Metrics struct {
 	Unrendered         prometheus.Counter
 	OverflowedTxs      prometheus.Counter
 	SlotResyncs        prometheus.Counter
+	Refences           *prometheus.CounterVec // reason
+	RefencedKeys       prometheus.Counter
+	RefenceWait        prometheus.Histogram
 	HeartbeatErrors    prometheus.Counter
 	BatchTxs           prometheus.Histogram
 	BatchKeys          prometheus.Histogram
@@ -69,6 +73,11 @@ func New(version, slot string) *Metrics {
 		OverflowedTxs: f.counter("overflowed_transactions_total",
 			"Transactions larger than max_tx_changes that fell back to on_truncate rules."),
 		SlotResyncs:     f.counter("slot_resyncs_total", "Times the slot was lost and recreated (on_slot_loss: resync)."),
+		Refences: f.counterVec("refences_total",
+			"Batches whose fenced keys were fenced again, by reason: replayed (every replica caught up) or timeout (replica_wait_max).", "reason"),
+		RefencedKeys: f.counter("refenced_keys_total", "Keys and patterns fenced a second time after the replicas caught up."),
+		RefenceWait: f.histogram("refence_wait_seconds", "How long a batch's fences waited for the replicas.",
+			[]float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}),
 		HeartbeatErrors: f.counter("heartbeat_errors_total", "Failed heartbeat emissions."),
 		BatchTxs:        f.histogram("batch_transactions", "Transactions per Redis batch.", prometheus.ExponentialBuckets(1, 4, 8)),
 		BatchKeys:       f.histogram("batch_invalidations", "Invalidations per Redis batch.", prometheus.ExponentialBuckets(1, 4, 10)),
@@ -126,6 +135,17 @@ func (f factory) histogram(name, help string, buckets []float64) prometheus.Hist
 	return h
 }
 
+// Refenced implements pipeline.Observer.
+func (m *Metrics) Refenced(keys int, waited time.Duration, timedOut bool) {
+	reason := "replayed"
+	if timedOut {
+		reason = "timeout"
+	}
+	m.Refences.WithLabelValues(reason).Inc()
+	m.RefencedKeys.Add(float64(keys))
+	m.RefenceWait.Observe(waited.Seconds())
+}
+
 // InitSeries creates the labelled series of every registered table, action
 // and kind at zero, so rate() and alerts see them from the first scrape
 // rather than from the first change that happens to touch them.
@@ -141,6 +161,8 @@ func (m *Metrics) InitSeries(tables []string) {
 			m.Keys.WithLabelValues(a.String(), kind)
 		}
 	}
+	m.Refences.WithLabelValues("replayed")
+	m.Refences.WithLabelValues("timeout")
 }
 
 // SlotObserved records the slot's health as pg_replication_slots shows it.

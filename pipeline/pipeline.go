@@ -48,6 +48,21 @@ type Batch struct {
 // Observer is told about every batch Redis acknowledged (metrics).
 type Observer interface {
 	BatchApplied(b *Batch)
+	// Refenced: keys fenced again after waiting for the replicas; timedOut
+	// when the wait reached ReplicaWaitMax instead.
+	Refenced(keys int, waited time.Duration, timedOut bool)
+}
+
+// Visibility holds a batch until its transactions are visible to new
+// snapshots on the primary (see package visibility).
+type Visibility interface {
+	Wait(ctx context.Context, xids []uint32) error
+}
+
+// Publisher tells subscribers (in-process caches) about invalidations
+// Redis acknowledged, at least once and in order.
+type Publisher interface {
+	Publish(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) error
 }
 
 // Options configures a Pipeline.
@@ -76,6 +91,17 @@ type Options struct {
 	ChunkInvalidations int
 	// ShutdownGrace bounds how long a stop waits for the batch in flight.
 	ShutdownGrace time.Duration
+	// Visibility, when set, holds each batch until the primary shows its
+	// transactions: Postgres may stream a commit a moment before other
+	// sessions can see it, and a reader that missed then would cache the
+	// old row.
+	Visibility Visibility
+	// Events, when set, publishes every acknowledged chunk of invalidations.
+	Events Publisher
+	// Replicas, when set, makes fenced keys be fenced again once every
+	// replica has replayed the batch, or after ReplicaWaitMax.
+	Replicas       ReplicaWatcher
+	ReplicaWaitMax time.Duration
 }
 
 // Pipeline connects a Source to Redis and the checkpoint.
@@ -89,6 +115,7 @@ type Pipeline struct {
 	budget   *semaphore.Weighted
 	plans    sync.Pool
 	ckpt     *checkpointer
+	refence  *refencer // nil without replicas
 
 	warned map[string]bool // identity-gap warnings already given, per table/column
 }
@@ -125,6 +152,12 @@ func New(opts Options) *Pipeline {
 		warned:   map[string]bool{},
 	}
 	p.mapper.MaxTxChanges = opts.MaxTxChanges
+	if opts.Replicas != nil {
+		if opts.ReplicaWaitMax <= 0 {
+			opts.ReplicaWaitMax = 5 * time.Second
+		}
+		p.refence = newRefencer(opts.Replicas, opts.ReplicaWaitMax, opts.Logger)
+	}
 	return p
 }
 
@@ -199,6 +232,9 @@ func (p *Pipeline) Run(ctx context.Context, src Source) error {
 	ckptCtx, stopCkpt := context.WithCancel(context.WithoutCancel(ctx))
 	ckptDone := make(chan error, 1)
 	go func() { ckptDone <- p.ckpt.run(ckptCtx) }()
+	if p.refence != nil {
+		go p.refence.poll(ckptCtx)
+	}
 
 	streamCtx, cancelStream := context.WithCancel(ctx)
 	defer cancelStream()
@@ -253,7 +289,26 @@ func (p *Pipeline) applyLoop(ctx context.Context, txs <-chan *replication.Transa
 	var plan mapping.Plan
 	var invs []mapping.Invalidation
 	batch := make([]*replication.Transaction, 0, p.opts.MaxBatchTxs)
-	for tx := range txs {
+	for {
+		var tick <-chan time.Time
+		if p.refence != nil && len(p.refence.queue) > 0 {
+			tick = time.After(5 * time.Millisecond)
+		}
+		var tx *replication.Transaction
+		select {
+		case next, ok := <-txs:
+			if !ok {
+				// Batches still waiting for the replicas are not
+				// acknowledged: they are replayed, fences and all.
+				return nil
+			}
+			tx = next
+		case <-tick:
+			if err := p.refenceDue(ctx); err != nil {
+				return err
+			}
+			continue
+		}
 		// Take whatever else is already queued: batching when behind,
 		// immediate application when idle.
 		batch = append(batch[:0], tx)
@@ -278,8 +333,12 @@ func (p *Pipeline) applyLoop(ctx context.Context, txs <-chan *replication.Transa
 		if err != nil {
 			return err
 		}
+		if p.refence != nil && len(p.refence.queue) > 0 {
+			if err := p.refenceDue(ctx); err != nil {
+				return err
+			}
+		}
 	}
-	return nil
 }
 
 func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, plan *mapping.Plan, invs *[]mapping.Invalidation) error {
@@ -295,12 +354,26 @@ func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, 
 		}
 	}
 	end := batch[len(batch)-1].EndLSN
-	if err := p.resolve(ctx, plan, end); err != nil {
+	if p.opts.Visibility != nil && plan.Len()+plan.PendingLookups() > 0 {
+		xids := make([]uint32, len(batch))
+		for i, tx := range batch {
+			xids[i] = tx.Xid
+		}
+		if err := p.retry(ctx, end, "cannot check that the batch is visible on the primary", func() error {
+			return p.opts.Visibility.Wait(ctx, xids)
+		}); err != nil {
+			return err
+		}
+	}
+	if err := p.retry(ctx, end, "cannot derive invalidations", func() error {
+		return p.resolver.Resolve(ctx, plan)
+	}); err != nil {
 		return err
 	}
 	for _, pr := range plan.Problems {
 		p.log.Error("invalidation incomplete", zap.String("table", pr.Table), zap.Stringer("op", pr.Op), zap.String("problem", pr.Msg), zap.Int("changes", pr.Count))
 	}
+	var fences []mapping.Invalidation
 	for from := 0; from < plan.Len(); from += p.opts.ChunkInvalidations {
 		to := min(from+p.opts.ChunkInvalidations, plan.Len())
 		*invs = plan.AppendInvalidations((*invs)[:0], from, to)
@@ -309,10 +382,24 @@ func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, 
 		if err != nil {
 			return fmt.Errorf("apply batch ending at %s: %w", end, err)
 		}
+		if err := p.publish(ctx, end, *invs); err != nil {
+			return err
+		}
+		if p.refence != nil {
+			for _, inv := range *invs {
+				if inv.Action == mapping.Fence {
+					fences = append(fences, inv)
+				}
+			}
+		}
 	}
 	clear(*invs) // let the key strings go
 	b.Acked = time.Now()
-	p.ckpt.applied(end, len(batch))
+	if p.refence != nil && (fences != nil || len(p.refence.queue) > 0) {
+		p.refence.push(awaitingReplicas{end: end, txs: len(batch), fences: fences, since: b.Acked})
+	} else {
+		p.ckpt.applied(end, len(batch))
+	}
 	if p.opts.Observer != nil {
 		p.opts.Observer.BatchApplied(&b)
 	}
@@ -323,24 +410,33 @@ func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, 
 	return nil
 }
 
-// resolve runs the batch's lookup queries. A failing query stalls the
-// stream rather than dropping invalidations: it is retried with backoff
-// until it succeeds or ctx ends, and the batch is never acknowledged in
-// between.
-func (p *Pipeline) resolve(ctx context.Context, plan *mapping.Plan, end replication.LSN) error {
+func (p *Pipeline) publish(ctx context.Context, end replication.LSN, invs []mapping.Invalidation) error {
+	if p.opts.Events == nil || len(invs) == 0 {
+		return nil
+	}
+	if err := p.opts.Events.Publish(ctx, end, invs); err != nil {
+		return fmt.Errorf("publish events for the batch ending at %s: %w", end, err)
+	}
+	return nil
+}
+
+// retry runs fn until it succeeds or ctx ends, with backoff. A lookup or
+// visibility query that fails stalls the stream rather than dropping
+// invalidations: the batch is never acknowledged in between.
+func (p *Pipeline) retry(ctx context.Context, end replication.LSN, what string, fn func() error) error {
 	backoff := 500 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		err := p.resolver.Resolve(ctx, plan)
+		err := fn()
 		if err == nil {
 			return nil
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("map batch ending at %s: %w", end, err)
+			return fmt.Errorf("batch ending at %s: %w", end, err)
 		}
-		p.log.Error("cannot derive invalidations; batch not acknowledged, retrying", zap.Error(err), zap.Int("attempt", attempt), zap.Duration("retry_in", backoff))
+		p.log.Error(what+"; batch not acknowledged, retrying", zap.Error(err), zap.Int("attempt", attempt), zap.Duration("retry_in", backoff))
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("map batch ending at %s: %w", end, err)
+			return fmt.Errorf("batch ending at %s: %w", end, err)
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 30*time.Second)

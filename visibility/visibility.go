@@ -104,3 +104,71 @@ func Visible(x uint32, xmax uint64, xip []uint64) bool {
 	}
 	return true
 }
+
+// Checker waits for visibility over a connection of its own, opened on
+// first use and again after a failure. It remembers the last snapshot it
+// read: visibility only ever grows, so a transaction visible then is
+// visible now, and draining a backlog (old transactions) costs no query.
+// It is not safe for concurrent use.
+type Checker struct {
+	url  string
+	poll time.Duration
+	conn *pgx.Conn
+	xmax uint64
+	xip  []uint64
+}
+
+// NewChecker returns a Checker for the primary at url.
+func NewChecker(url string) *Checker { return &Checker{url: url, poll: 200 * time.Microsecond} }
+
+// Wait returns once every transaction in xids is visible to new snapshots.
+func (c *Checker) Wait(ctx context.Context, xids []uint32) error {
+	for {
+		if c.allVisible(xids) {
+			return nil
+		}
+		if c.conn == nil || c.conn.IsClosed() {
+			conn, err := pgx.Connect(ctx, c.url)
+			if err != nil {
+				return fmt.Errorf("connect to check visibility: %w", err)
+			}
+			c.conn = conn
+		}
+		xmax, xip, err := snapshot(ctx, c.conn)
+		if err != nil {
+			_ = c.conn.Close(context.WithoutCancel(ctx))
+			c.conn = nil
+			return err
+		}
+		if xmax >= c.xmax {
+			c.xmax, c.xip = xmax, xip
+		}
+		if c.allVisible(xids) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for transactions to become visible: %w", ctx.Err())
+		case <-time.After(c.poll):
+		}
+	}
+}
+
+func (c *Checker) allVisible(xids []uint32) bool {
+	if c.xmax == 0 {
+		return len(xids) == 0
+	}
+	for _, x := range xids {
+		if !Visible(x, c.xmax, c.xip) {
+			return false
+		}
+	}
+	return true
+}
+
+// Close closes the connection.
+func (c *Checker) Close(ctx context.Context) {
+	if c.conn != nil {
+		_ = c.conn.Close(ctx)
+	}
+}
