@@ -87,6 +87,9 @@ func (r *Redis) start(ctx context.Context) error {
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
+		// A replica syncs at once instead of after the default 5s wait for
+		// more replicas to share the transfer.
+		"--repl-diskless-sync-delay", "0",
 		"--dir", r.dir,
 		"--daemonize", "no",
 	)
