@@ -58,7 +58,7 @@ staticcheck:
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/walbust
 
-## deps: install postgresql and redis-server from Debian when their binaries are missing.
+## deps: install postgresql, redis-server and redis-tools (redis-cli) from Debian when their binaries are missing.
 # Only installs packages; it never starts or enables anything itself. Note that
 # Debian's postgresql package creates a "main" cluster and, where an init system
 # is running, starts it (port 5432); redis-server's package likewise starts a
@@ -80,7 +80,7 @@ deps:
 	sudo=""; \
 	if [ "$$(id -u)" -ne 0 ]; then \
 		if command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
-		else echo "deps: not root and sudo not available; run as root: apt-get install -y postgresql redis-server" >&2; exit 1; fi; \
+		else echo "deps: not root and sudo not available; run as root: apt-get install -y postgresql redis-server redis-tools" >&2; exit 1; fi; \
 	fi; \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update; \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql redis-server redis-tools

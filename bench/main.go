@@ -14,7 +14,7 @@
 // builds walbust, prints a table, optionally writes JSON, and removes
 // everything it started on exit, including on Ctrl-C.
 //
-//	go run ./bench                      # quick: about 2-3 minutes
+//	go run ./bench                      # quick: about 3-4 minutes
 //	go run ./bench -scale full -json bench.json
 package main
 
@@ -69,7 +69,7 @@ var allPhases = []string{"drain", "writers", "lag", "memory", "cluster"}
 func main() { os.Exit(run()) }
 
 func run() int {
-	scaleName := flag.String("scale", "quick", "quick (about 2-3 minutes) or full (the issue's sizes)")
+	scaleName := flag.String("scale", "quick", "quick (about 3-4 minutes) or full (the issue's sizes)")
 	jsonPath := flag.String("json", "", "also write the results as JSON to this file")
 	binary := flag.String("walbust", "", "walbust binary to test (default: go build ./cmd/walbust into the work directory)")
 	phases := flag.String("phases", strings.Join(allPhases, ","), "parts to run: drain (1 and 4a), writers (3), lag (2), memory (4b), cluster (5)")
