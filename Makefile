@@ -59,7 +59,7 @@ staticcheck:
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/walbust
 
-## deps: install postgresql and redis-server from Debian when their binaries are missing.
+## deps: install postgresql, redis-server and redis-tools (redis-cli) from Debian when their binaries are missing.
 # Only installs packages; it never starts or enables anything itself. Note that
 # Debian's postgresql package creates a "main" cluster and, where an init system
 # is running, starts it (port 5432); redis-server's package likewise starts a
@@ -70,20 +70,21 @@ deps:
 	pg="$$(ls -1 /usr/lib/postgresql/*/bin/postgres 2>/dev/null | head -n1 || true)"; \
 	if [ -z "$$pg" ] || [ ! -x "$$(dirname "$$pg")/initdb" ]; then missing="$$missing postgresql"; fi; \
 	if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then missing="$$missing redis-server"; fi; \
+	if ! command -v redis-cli >/dev/null 2>&1 && [ ! -x /usr/bin/redis-cli ]; then missing="$$missing redis-tools"; fi; \
 	if [ -z "$$missing" ]; then \
-		echo "deps: postgresql and redis-server binaries present"; exit 0; \
+		echo "deps: postgresql, redis-server and redis-cli binaries present"; exit 0; \
 	fi; \
-	echo "deps: missing:$$missing; installing Debian packages postgresql redis-server"; \
+	echo "deps: missing:$$missing; installing Debian packages postgresql redis-server redis-tools"; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
 		echo "deps: apt-get not found; install PostgreSQL (server binaries under /usr/lib/postgresql/<ver>/bin) and redis-server yourself" >&2; exit 1; \
 	fi; \
 	sudo=""; \
 	if [ "$$(id -u)" -ne 0 ]; then \
 		if command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
-		else echo "deps: not root and sudo not available; run as root: apt-get install -y postgresql redis-server" >&2; exit 1; fi; \
+		else echo "deps: not root and sudo not available; run as root: apt-get install -y postgresql redis-server redis-tools" >&2; exit 1; fi; \
 	fi; \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update; \
-	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql redis-server
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql redis-server redis-tools
 
 ## bench: the issue-6 benchmark suite (quick scale; BENCH_FLAGS="-scale full" for the issue's sizes)
 bench: deps

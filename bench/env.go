@@ -481,14 +481,20 @@ type walbust struct {
 // startWalbust launches `walbust run` on slot with a checkpoint file of its
 // own. It does not wait for streaming: see waitStreaming.
 func (e *env) startWalbust(ctx context.Context, name, slot, deps string) (*walbust, error) {
+	return e.startWalbustArgs(ctx, name, slot, deps)
+}
+
+// startWalbustArgs is startWalbust with more flags (which win over the
+// config file's settings, and over the flags before them).
+func (e *env) startWalbustArgs(ctx context.Context, name, slot, deps string, args ...string) (*walbust, error) {
 	w := &walbust{e: e, logPath: filepath.Join(e.work, name+".log"), done: make(chan struct{}),
 		streaming: make(chan struct{}), addrKnown: make(chan struct{})}
 	logFile, err := os.OpenFile(w.logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	w.cmd = exec.Command(e.binary, "run", "--config", e.config, "--slot", slot,
-		"--checkpoint", filepath.Join(e.work, name+".checkpoint"), "--deps", deps)
+	w.cmd = exec.Command(e.binary, append([]string{"run", "--config", e.config, "--slot", slot,
+		"--checkpoint", filepath.Join(e.work, name+".checkpoint"), "--deps", deps}, args...)...)
 	// Own process group: a Ctrl-C aimed at the bench reaches walbust only
 	// through the bench's orderly stop. SIGKILL if the bench dies first.
 	w.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

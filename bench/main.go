@@ -6,13 +6,15 @@
 //  2. live lag: commit acknowledgement to key gone, at fixed rates and flat out;
 //  3. cost to writers: pgbench UPDATE rate with no slot, with walbust
 //     consuming, and with a pg_notify trigger plus a listener;
-//  4. memory: walbust's peak RSS draining and on one huge transaction.
+//  4. memory: walbust's peak RSS draining and on one huge transaction;
+//  5. scale-out (issue 8): one backlog drained against a Redis Cluster and
+//     against one redis-server, and by two shards side by side.
 //
 // It starts its own throwaway Postgres and redis-server (Debian binaries),
 // builds walbust, prints a table, optionally writes JSON, and removes
 // everything it started on exit, including on Ctrl-C.
 //
-//	go run ./bench                      # quick: about 2-3 minutes
+//	go run ./bench                      # quick: about 3-4 minutes
 //	go run ./bench -scale full -json bench.json
 package main
 
@@ -47,28 +49,30 @@ type scale struct {
 	WriterClients  int           `json:"writer_clients"`
 	MemRows        int           `json:"mem_rows"`
 	MemCollapse    bool          `json:"mem_collapse"`
+	ClusterTxs     int           `json:"cluster_txs"`  // part 5's backlog
+	ClusterRuns    int           `json:"cluster_runs"` // part 5's drains per configuration
 }
 
 var scales = map[string]scale{
 	"quick": {Name: "quick", Accounts: 20000, SingleTxs: 20000, BigTxs: 5, BigTxRows: 10000, DrainRuns: 1,
 		LagRates: []int{1000, 5000, 0}, LagDuration: 8 * time.Second, LagWriters: 8,
-		WriterDuration: 8 * time.Second, WriterRuns: 1, WriterClients: 4, MemRows: 200000, MemCollapse: true},
+		WriterDuration: 8 * time.Second, WriterRuns: 1, WriterClients: 4, MemRows: 200000, MemCollapse: true, ClusterTxs: 150000, ClusterRuns: 3},
 	// The issue's sizes: 200k single-row transactions, 10 of 100k rows, a
 	// million-row transaction.
 	"full": {Name: "full", Accounts: 100000, SingleTxs: 200000, BigTxs: 10, BigTxRows: 100000, DrainRuns: 3,
 		LagRates: []int{1000, 5000, 0}, LagDuration: 20 * time.Second, LagWriters: 8,
-		WriterDuration: 15 * time.Second, WriterRuns: 3, WriterClients: 4, MemRows: 1000000, MemCollapse: true},
+		WriterDuration: 15 * time.Second, WriterRuns: 3, WriterClients: 4, MemRows: 1000000, MemCollapse: true, ClusterTxs: 400000, ClusterRuns: 3},
 }
 
-var allPhases = []string{"drain", "writers", "lag", "memory"}
+var allPhases = []string{"drain", "writers", "lag", "memory", "cluster"}
 
 func main() { os.Exit(run()) }
 
 func run() int {
-	scaleName := flag.String("scale", "quick", "quick (about 2-3 minutes) or full (the issue's sizes)")
+	scaleName := flag.String("scale", "quick", "quick (about 3-4 minutes) or full (the issue's sizes)")
 	jsonPath := flag.String("json", "", "also write the results as JSON to this file")
 	binary := flag.String("walbust", "", "walbust binary to test (default: go build ./cmd/walbust into the work directory)")
-	phases := flag.String("phases", strings.Join(allPhases, ","), "parts to run: drain (1 and 4a), writers (3), lag (2), memory (4b)")
+	phases := flag.String("phases", strings.Join(allPhases, ","), "parts to run: drain (1 and 4a), writers (3), lag (2), memory (4b), cluster (5)")
 	accounts := flag.Int("accounts", 0, "rows in accounts (0: the scale's)")
 	singleTxs := flag.Int("single-txs", 0, "single-row transactions in the backlog (0: the scale's)")
 	bigTxs := flag.Int("big-txs", 0, "big transactions in the backlog (0: the scale's)")
@@ -82,6 +86,8 @@ func run() int {
 	writerClients := flag.Int("writer-clients", 0, "pgbench clients in part 3 (0: the scale's)")
 	memRows := flag.Int("mem-rows", 0, "rows in part 4's single transaction (0: the scale's)")
 	noCollapse := flag.Bool("no-collapse", false, "part 4: skip the on_truncate (collapsed) variant")
+	clusterTxs := flag.Int("cluster-txs", 0, "single-row transactions in part 5's backlog (0: the scale's)")
+	clusterRuns := flag.Int("cluster-runs", 0, "part 5 drains of each configuration, rotating which goes first (0: the scale's)")
 	keep := flag.Bool("keep", false, "keep the work directory (walbust logs, configs) instead of removing it")
 	flag.Parse()
 
@@ -104,6 +110,8 @@ func run() int {
 	set(&sc.WriterRuns, *writerRuns)
 	set(&sc.WriterClients, *writerClients)
 	set(&sc.MemRows, *memRows)
+	set(&sc.ClusterTxs, *clusterTxs)
+	set(&sc.ClusterRuns, *clusterRuns)
 	if *lagDuration > 0 {
 		sc.LagDuration = *lagDuration
 	}
@@ -174,6 +182,7 @@ func run() int {
 		{"writers", func() (err error) { res.Writers, err = runWritersCost(ctx, e); return }},
 		{"lag", func() (err error) { res.Lag, err = runLag(ctx, e); return }},
 		{"memory", func() (err error) { res.Memory, err = runMemory(ctx, e); return }},
+		{"cluster", func() (err error) { res.Cluster, err = runCluster(ctx, e); return }},
 	}
 	for _, p := range parts {
 		if !selected[p.name] {

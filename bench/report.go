@@ -24,6 +24,7 @@ type results struct {
 	Writers *writersResult `json:"writers,omitempty"`
 	Lag     *lagResult     `json:"lag,omitempty"`
 	Memory  *memoryResult  `json:"memory,omitempty"`
+	Cluster *clusterResult `json:"cluster,omitempty"`
 	Targets []target       `json:"targets"`
 	Errors  []string       `json:"errors,omitempty"`
 }
@@ -258,6 +259,9 @@ func printTable(out io.Writer, r *results) {
 			row("", fmt.Sprintf("  applied %.1fs after commit", v.ApplySeconds), "", "", "")
 			part = ""
 		}
+	}
+	if c := r.Cluster; c != nil && len(c.Runs) > 0 {
+		clusterRows(c, row)
 	}
 	tw.Flush()
 	fmt.Fprintln(out, "\ntargets (issue 6):")

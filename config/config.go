@@ -35,6 +35,15 @@ type Config struct {
 	// Listen is the address of /metrics, /healthz, /readyz and /status
 	// ("" disables).
 	Listen string
+	// Shards split deps.yaml's tables between walbust instances, each with
+	// a slot and publication of its own (file only; see shards.go).
+	Shards []Shard
+	// Shard is the shard this process is ("" none). Once Load has applied
+	// it, the slot, publication, checkpoint and listen address are the
+	// shard's and Tables lists its tables.
+	Shard string
+	// Tables restricts walbust to these deps.yaml tables; nil means all.
+	Tables []string
 }
 
 // Postgres says where to stream from.
@@ -52,10 +61,29 @@ type Postgres struct {
 
 // Redis says where the cache lives.
 type Redis struct {
+	// Mode is standalone (one server, or a proxy), cluster (Redis Cluster;
+	// URL names seed nodes) or sentinel (URL names the sentinels).
+	Mode         string
 	URL          string
 	PasswordFile string // the password (ACL or requirepass) kept out of the URL
 	CAFile       string // PEM roots to verify a rediss:// server with
+	// SentinelMaster is the name the sentinels monitor the master by.
+	SentinelMaster string
+	// SentinelPasswordFile holds the sentinels' own password, when they
+	// have one (it may differ from the data nodes').
+	SentinelPasswordFile string
+	// WaitReplicas: after every batch, wait until this many replicas of
+	// each master written to have acknowledged it (WAIT) before confirming
+	// it, so a failover cannot lose an acknowledged invalidation.
+	WaitReplicas int
 }
+
+// Redis modes.
+const (
+	ModeStandalone = "standalone"
+	ModeCluster    = "cluster"
+	ModeSentinel   = "sentinel"
+)
 
 // Checkpoint says where the durable LSN is kept.
 type Checkpoint struct {
@@ -90,13 +118,18 @@ func (c *Config) settings() []setting {
 		{path: "postgres.password_file", flag: "postgres-password-file", env: "WALBUST_POSTGRES_PASSWORD_FILE", str: &c.Postgres.PasswordFile, file: true, usage: "file holding the Postgres password"},
 		{path: "redis.password_file", flag: "redis-password-file", env: "WALBUST_REDIS_PASSWORD_FILE", str: &c.Redis.PasswordFile, file: true, usage: "file holding the Redis password"},
 		{path: "redis.tls_ca_file", flag: "redis-tls-ca-file", env: "WALBUST_REDIS_TLS_CA_FILE", str: &c.Redis.CAFile, file: true, usage: "PEM CA bundle for rediss:// URLs"},
-		{path: "redis.url", flag: "redis-url", env: "WALBUST_REDIS_URL", str: &c.Redis.URL, usage: "Redis URL (redis:// or rediss://)"},
+		{path: "redis.url", flag: "redis-url", env: "WALBUST_REDIS_URL", str: &c.Redis.URL, usage: "Redis URL (redis:// or rediss://); cluster: seed nodes, sentinel: the sentinels (more with ?addr=host:port)"},
+		{path: "redis.mode", flag: "redis-mode", env: "WALBUST_REDIS_MODE", str: &c.Redis.Mode, usage: "standalone, cluster or sentinel"},
+		{path: "redis.sentinel_master", flag: "redis-sentinel-master", env: "WALBUST_REDIS_SENTINEL_MASTER", str: &c.Redis.SentinelMaster, usage: "sentinel mode: the master's name"},
+		{path: "redis.sentinel_password_file", flag: "redis-sentinel-password-file", env: "WALBUST_REDIS_SENTINEL_PASSWORD_FILE", str: &c.Redis.SentinelPasswordFile, file: true, usage: "sentinel mode: file holding the sentinels' password"},
+		{path: "redis.wait_replicas", flag: "redis-wait-replicas", env: "WALBUST_REDIS_WAIT_REPLICAS", num: &c.Redis.WaitReplicas, usage: "replicas of each master that must acknowledge a batch before it is confirmed (0: do not wait)"},
 		{path: "deps", flag: "deps", env: "WALBUST_DEPS", str: &c.Deps, file: true, usage: "dependency registry (deps.yaml)"},
 		{path: "checkpoint.path", flag: "checkpoint", env: "WALBUST_CHECKPOINT", str: &c.Checkpoint.Path, file: true, usage: "checkpoint file"},
 		{path: "on_slot_loss", flag: "on-slot-loss", env: "WALBUST_ON_SLOT_LOSS", str: &c.OnSlotLoss, usage: "when the slot is missing or lost: fail or resync"},
 		{path: "max_tx_changes", flag: "max-tx-changes", env: "WALBUST_MAX_TX_CHANGES", num: &c.MaxTxChanges, usage: "row changes kept per transaction before falling back to on_truncate rules"},
 		{path: "shutdown_timeout", flag: "shutdown-timeout", env: "WALBUST_SHUTDOWN_TIMEOUT", dur: &c.ShutdownTimeout, usage: "how long a stop waits for the batch in flight"},
 		{path: "listen", flag: "listen", env: "WALBUST_LISTEN", str: &c.Listen, usage: "address for /metrics, /healthz, /readyz, /status (empty disables)"},
+		{path: "shard", flag: "shard", env: "WALBUST_SHARD", str: &c.Shard, usage: "the shard (of shards in walbust.yaml) this walbust serves"},
 		{path: "log.format", flag: "log-format", env: "WALBUST_LOG_FORMAT", str: &c.Log.Format, usage: "log format: json or console"},
 		{path: "log.level", flag: "log-level", env: "WALBUST_LOG_LEVEL", str: &c.Log.Level, usage: "log level: debug, info, warn, error"},
 	}
@@ -112,7 +145,7 @@ func Defaults() *Config {
 			StatusInterval:    10 * time.Second,
 			HeartbeatInterval: 10 * time.Second,
 		},
-		Redis:           Redis{URL: "redis://localhost:6379/0"},
+		Redis:           Redis{Mode: ModeStandalone, URL: "redis://localhost:6379/0"},
 		Deps:            "deps.yaml",
 		Checkpoint:      Checkpoint{Path: "walbust.checkpoint"},
 		Log:             Log{Format: "json", Level: "info"},
@@ -181,33 +214,54 @@ func (l *Loader) Load(lookupEnv func(string) (string, bool)) (*Config, error) {
 	if err := cfg.applyPasswordFiles(); err != nil {
 		return nil, err
 	}
+	if cfg.Shard != "" {
+		return cfg.ForShard(cfg.Shard)
+	}
 	return cfg, nil
 }
 
 // applyPasswordFiles puts the passwords from files into the URLs, so every
 // client gets them the same way. URLs are never logged.
+//
+// A sentinel URL is go-redis's: its user:password@ authenticate to the
+// sentinels and ?password= to the master and replicas.
 func (c *Config) applyPasswordFiles() error {
-	for _, p := range []struct {
-		name string
-		file string
-		url  *string
-	}{{"postgres", c.Postgres.PasswordFile, &c.Postgres.URL}, {"redis", c.Redis.PasswordFile, &c.Redis.URL}} {
+	type target struct {
+		name  string // setting, for errors
+		file  string
+		url   *string
+		query bool // into ?password= rather than user:password@
+	}
+	targets := []target{
+		{"postgres.password_file", c.Postgres.PasswordFile, &c.Postgres.URL, false},
+		{"redis.password_file", c.Redis.PasswordFile, &c.Redis.URL, c.Redis.Mode == ModeSentinel},
+		{"redis.sentinel_password_file", c.Redis.SentinelPasswordFile, &c.Redis.URL, false},
+	}
+	for _, p := range targets {
 		if p.file == "" {
 			continue
 		}
 		data, err := os.ReadFile(p.file)
 		if err != nil {
-			return fmt.Errorf("%s.password_file: %w", p.name, err)
+			return fmt.Errorf("%s: %w", p.name, err)
 		}
+		section, _, _ := strings.Cut(p.name, ".")
 		u, err := url.Parse(*p.url)
 		if err != nil || u.Scheme == "" {
-			return fmt.Errorf("%s.password_file needs %s.url in URL form (scheme://user@host/...)", p.name, p.name)
+			return fmt.Errorf("%s needs %s.url in URL form (scheme://user@host/...)", p.name, section)
 		}
-		user := ""
-		if u.User != nil {
-			user = u.User.Username()
+		password := strings.TrimRight(string(data), "\r\n")
+		if p.query {
+			q := u.Query()
+			q.Set("password", password)
+			u.RawQuery = q.Encode()
+		} else {
+			user := ""
+			if u.User != nil {
+				user = u.User.Username()
+			}
+			u.User = url.UserPassword(user, password)
 		}
-		u.User = url.UserPassword(user, strings.TrimRight(string(data), "\r\n"))
 		*p.url = u.String()
 	}
 	return nil
@@ -251,10 +305,11 @@ func (c *Config) readFile(path string) error {
 			sections[s.path] = nil
 		}
 	}
-	top := make([]string, 0, len(sections))
+	top := make([]string, 0, len(sections)+1)
 	for k := range sections {
 		top = append(top, k)
 	}
+	top = append(top, "shards")
 	apply := func(f yamlnode.Field) {
 		s := byPath[f.Path]
 		v, ok := doc.String(f)
@@ -266,6 +321,10 @@ func (c *Config) readFile(path string) error {
 		}
 	}
 	for _, f := range doc.Mapping(doc.Root, "", top...) {
+		if f.Path == "shards" {
+			c.Shards = readShards(doc, f, filepath.Dir(path))
+			continue
+		}
 		keys := sections[f.Path]
 		if keys == nil {
 			apply(f)
@@ -314,6 +373,8 @@ func (c *Config) validate() error {
 	if c.Log.Format != "json" && c.Log.Format != "console" {
 		errs = append(errs, fmt.Errorf("log.format %q: must be json or console", c.Log.Format))
 	}
+	errs = append(errs, c.Redis.validate()...)
+	errs = append(errs, c.validateShards()...)
 	return errors.Join(errs...)
 }
 

@@ -288,12 +288,14 @@ func FuzzConfigFile(f *testing.F) {
 		"- a\n",
 		"checkpoint:\n  path: ../cp\n",
 		"\tdeps: x",
+		"redis:\n  mode: sentinel\n  sentinel_master: m\nshards:\n  a:\n    tables: [public.x]\n    checkpoint: cp\nshard: a\n",
+		"shards:\n  a: {tables: [public.x, public.x]}\n  b: []\n",
 	} {
 		f.Add([]byte(s))
 	}
 	path := filepath.Join(f.TempDir(), "walbust.yaml")
 	// Password files are never read: a fuzzed path could name a device.
-	noPasswordFiles := env{"WALBUST_POSTGRES_PASSWORD_FILE": "", "WALBUST_REDIS_PASSWORD_FILE": ""}
+	noPasswordFiles := env{"WALBUST_POSTGRES_PASSWORD_FILE": "", "WALBUST_REDIS_PASSWORD_FILE": "", "WALBUST_REDIS_SENTINEL_PASSWORD_FILE": ""}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)

@@ -81,6 +81,16 @@ type faultOptions struct {
 	items      int               // rows seeded in items (grp = id % 8)
 	bulkRows   int               // rows seeded in bulk
 	config     string            // extra top-level walbust.yaml lines
+	// Instead of a standalone redis-server of its own, the test's cluster
+	// (redis.mode cluster) or Sentinel setup (redis.mode sentinel), which
+	// the test starts and closes.
+	cluster  *throwaway.RedisCluster
+	sentinel *throwaway.RedisSentinel
+	redis    string // extra walbust.yaml lines in the redis section, e.g. "wait_replicas: 1"
+	deps     string // deps.yaml; faultDeps when empty
+	// itemKeys renders the keys deps caches for an items row, the row's own
+	// key first; faultItemKeys when nil.
+	itemKeys func(id int64, grp int) []string
 }
 
 // faultEnv is one fault test's world: dedicated servers, a walbust config
@@ -89,12 +99,15 @@ type faultEnv struct {
 	t          *testing.T
 	ctx        context.Context
 	pg         *throwaway.Postgres
-	rds        *throwaway.Redis
+	rds        *throwaway.Redis // nil with a cluster or Sentinel setup
+	cluster    *throwaway.RedisCluster
+	sentinel   *throwaway.RedisSentinel
+	itemKeys   func(id int64, grp int) []string
 	proxy      *tcpProxy
 	dir        string
 	configPath string
 	checkpoint string
-	rdb        *redis.Client
+	rdb        redis.UniversalClient
 
 	mu    sync.Mutex
 	procs []*faultProc
@@ -104,7 +117,10 @@ func newFaultEnv(t *testing.T, o faultOptions) *faultEnv {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	e := &faultEnv{t: t, ctx: ctx, dir: t.TempDir()}
+	e := &faultEnv{t: t, ctx: ctx, dir: t.TempDir(), cluster: o.cluster, sentinel: o.sentinel, itemKeys: o.itemKeys}
+	if e.itemKeys == nil {
+		e.itemKeys = faultItemKeys
+	}
 	e.configPath = filepath.Join(e.dir, "walbust.yaml")
 	e.checkpoint = filepath.Join(e.dir, "checkpoint")
 
@@ -129,19 +145,33 @@ func newFaultEnv(t *testing.T, o faultOptions) *faultEnv {
 			t.Errorf("close postgres: %v", err)
 		}
 	})
-	redisDir, err := os.MkdirTemp("", "walbust-fault-redis-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if e.rds, err = throwaway.StartRedis(startCtx, redisDir); err != nil {
-		os.RemoveAll(redisDir)
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := e.rds.Close(); err != nil {
-			t.Errorf("close redis: %v", err)
+	var redisConfig string
+	switch {
+	case o.cluster != nil:
+		redisConfig = fmt.Sprintf("  mode: cluster\n  url: %s\n", o.cluster.URL())
+	case o.sentinel != nil:
+		redisConfig = fmt.Sprintf("  mode: sentinel\n  url: %s\n  sentinel_master: %s\n", o.sentinel.URL(), o.sentinel.MasterName())
+	default:
+		redisDir, err := os.MkdirTemp("", "walbust-fault-redis-")
+		if err != nil {
+			t.Fatal(err)
 		}
-	})
+		if e.rds, err = throwaway.StartRedis(startCtx, redisDir); err != nil {
+			os.RemoveAll(redisDir)
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := e.rds.Close(); err != nil {
+				t.Errorf("close redis: %v", err)
+			}
+		})
+		redisConfig = fmt.Sprintf("  url: %s\n", e.rds.URL())
+	}
+	for _, line := range strings.Split(strings.TrimSpace(o.redis), "\n") {
+		if line != "" {
+			redisConfig += "  " + line + "\n"
+		}
+	}
 	e.rdb = e.redisClient()
 	t.Cleanup(func() { e.rdb.Close() })
 
@@ -165,7 +195,11 @@ func newFaultEnv(t *testing.T, o faultOptions) *faultEnv {
 		e.proxy = startTCPProxy(t, fmt.Sprintf("127.0.0.1:%d", e.pg.Port()))
 		pgURL = fmt.Sprintf("postgres://postgres@%s/%s?sslmode=disable", e.proxy.Addr(), faultDB)
 	}
-	e.writeFile("deps.yaml", faultDeps)
+	deps := o.deps
+	if deps == "" {
+		deps = faultDeps
+	}
+	e.writeFile("deps.yaml", deps)
 	// status_interval 1s: the slot's position moves promptly, and a silent
 	// connection is given up after 3s (3 × status_interval).
 	e.writeFile("walbust.yaml", fmt.Sprintf(`postgres:
@@ -175,14 +209,13 @@ func newFaultEnv(t *testing.T, o faultOptions) *faultEnv {
   status_interval: 1s
   heartbeat_interval: 1s
 redis:
-  url: %s
-deps: deps.yaml
+%sdeps: deps.yaml
 checkpoint:
   path: checkpoint
 log:
   level: debug
 listen: 127.0.0.1:0
-%s`, pgURL, faultSlot, faultSlot, e.rds.URL(), o.config))
+%s`, pgURL, faultSlot, faultSlot, redisConfig, o.config))
 
 	// Registered after the servers, so it runs before they stop: no
 	// walbust outlives its test, and the logs show what went wrong.
@@ -207,9 +240,17 @@ func (e *faultEnv) writeFile(name, contents string) {
 }
 
 // redisClient does not retry: a test must know whether its command ran.
-func (e *faultEnv) redisClient() *redis.Client {
-	return redis.NewClient(&redis.Options{Addr: e.rds.Addr(), MaxRetries: -1, DialTimeout: 2 * time.Second,
-		ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second})
+// (A cluster client still follows redirects, and a Sentinel one the master.)
+func (e *faultEnv) redisClient() redis.UniversalClient {
+	const dial, rw = 2 * time.Second, 5 * time.Second
+	switch {
+	case e.cluster != nil:
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: e.cluster.Addrs(), MaxRetries: -1, DialTimeout: dial, ReadTimeout: rw, WriteTimeout: rw})
+	case e.sentinel != nil:
+		return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: e.sentinel.MasterName(), SentinelAddrs: e.sentinel.SentinelAddrs(),
+			MaxRetries: -1, DialTimeout: dial, ReadTimeout: rw, WriteTimeout: rw})
+	}
+	return redis.NewClient(&redis.Options{Addr: e.rds.Addr(), MaxRetries: -1, DialTimeout: dial, ReadTimeout: rw, WriteTimeout: rw})
 }
 
 // oneShot runs a walbust command to completion with the test's config and
@@ -484,12 +525,14 @@ type faultSlotState struct {
 	walStatus string
 }
 
-func (e *faultEnv) slot() (faultSlotState, error) {
+func (e *faultEnv) slot() (faultSlotState, error) { return e.slotNamed(faultSlot) }
+
+func (e *faultEnv) slotNamed(name string) (faultSlotState, error) {
 	var s faultSlotState
 	var confirmed *int64
 	var walStatus *string
 	err := e.tryQuery(30*time.Second, `SELECT active, (confirmed_flush_lsn - '0/0')::bigint, wal_status
-FROM pg_replication_slots WHERE slot_name = $1`, []any{faultSlot}, &s.active, &confirmed, &walStatus)
+FROM pg_replication_slots WHERE slot_name = $1`, []any{name}, &s.active, &confirmed, &walStatus)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return s, nil
 	}
@@ -522,16 +565,21 @@ func (e *faultEnv) currentLSN() uint64 {
 // acknowledged by Redis (walbust confirms nothing it has not applied).
 func (e *faultEnv) waitConfirmed(lsn uint64, timeout time.Duration) time.Duration {
 	e.t.Helper()
+	return e.waitSlotConfirmed(faultSlot, lsn, timeout)
+}
+
+func (e *faultEnv) waitSlotConfirmed(slot string, lsn uint64, timeout time.Duration) time.Duration {
+	e.t.Helper()
 	begin := time.Now()
 	deadline := begin.Add(timeout)
 	for {
-		s, err := e.slot()
+		s, err := e.slotNamed(slot)
 		if err == nil && s.confirmed >= lsn {
 			return time.Since(begin)
 		}
 		e.assertAlive()
 		if time.Now().After(deadline) {
-			e.t.Fatalf("slot %s did not confirm %s within %v (now at %s, err %v)", faultSlot, faultLSN(lsn), timeout, faultLSN(s.confirmed), err)
+			e.t.Fatalf("slot %s did not confirm %s within %v (now at %s, err %v)", slot, faultLSN(lsn), timeout, faultLSN(s.confirmed), err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -582,7 +630,7 @@ func faultLSN(lsn uint64) string { return fmt.Sprintf("%X/%X", uint32(lsn>>32), 
 
 // redisDo runs an idempotent command, retrying a few times: after a Redis
 // restart the client's pooled connections are dead.
-func (e *faultEnv) redisDo(f func(*redis.Client) error) {
+func (e *faultEnv) redisDo(f func(redis.UniversalClient) error) {
 	e.t.Helper()
 	var err error
 	for range 5 {
@@ -598,7 +646,7 @@ func (e *faultEnv) redisDo(f func(*redis.Client) error) {
 func (e *faultEnv) cache(keys ...string) {
 	e.t.Helper()
 	for _, k := range keys {
-		e.redisDo(func(c *redis.Client) error { return c.Set(e.ctx, k, "cached", 0).Err() })
+		e.redisDo(func(c redis.UniversalClient) error { return c.Set(e.ctx, k, "cached", 0).Err() })
 	}
 }
 
@@ -608,7 +656,7 @@ func (e *faultEnv) present(keys ...string) []string {
 	var out []string
 	for _, k := range keys {
 		var n int64
-		e.redisDo(func(c *redis.Client) (err error) {
+		e.redisDo(func(c redis.UniversalClient) (err error) {
 			n, err = c.Exists(e.ctx, k).Result()
 			return err
 		})

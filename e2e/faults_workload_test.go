@@ -72,7 +72,7 @@ func (tr *faultTracker) key(k string) *faultKey {
 // cache SETs keys as an application filling its cache would, stamping
 // each SET. Failures (Redis down) are counted, not fatal: the writer
 // carries on, as an application would.
-func (tr *faultTracker) cache(ctx context.Context, rdb *redis.Client, value string, keys ...string) {
+func (tr *faultTracker) cache(ctx context.Context, rdb redis.UniversalClient, value string, keys ...string) {
 	for _, k := range keys {
 		tr.mu.Lock()
 		tr.seq++
@@ -83,6 +83,9 @@ func (tr *faultTracker) cache(ctx context.Context, rdb *redis.Client, value stri
 		tr.mu.Unlock()
 
 		err := rdb.Set(ctx, k, value, 0).Err()
+		if c, ok := rdb.(*redis.ClusterClient); ok && err != nil {
+			c.ReloadState(ctx) // a failover moved slots: learn where to
+		}
 
 		tr.mu.Lock()
 		tr.seq++
@@ -169,7 +172,7 @@ func (tr *faultTracker) snapshot() faultAudit {
 
 // missed returns a description of every key of a that is still cached
 // although no SET of it has started since the snapshot.
-func (tr *faultTracker) missed(ctx context.Context, rdb *redis.Client, a faultAudit) ([]string, error) {
+func (tr *faultTracker) missed(ctx context.Context, rdb redis.UniversalClient, a faultAudit) ([]string, error) {
 	var out []string
 	for _, k := range a.keys {
 		// EXISTS first, then the stamps: a SET that could explain the key
@@ -207,7 +210,7 @@ type faultWriter struct {
 	tr   *faultTracker
 	name string
 	ids  []int64
-	rdb  *redis.Client
+	rdb  redis.UniversalClient
 	rng  *rand.Rand
 	conn *pgx.Conn
 }
@@ -294,16 +297,16 @@ func (w *faultWriter) step() (unknownOutcome bool, err error) {
 	switch {
 	case !exists:
 		op, sql, args = "insert", `INSERT INTO items (id, grp, note) VALUES ($1, $2, $3) RETURNING txid_current()`, []any{id, newGrp, note}
-		keys = faultItemKeys(id, newGrp)
+		keys = w.e.itemKeys(id, newGrp)
 	case w.rng.IntN(100) < 15:
 		op, sql, args = "delete", `DELETE FROM items WHERE id = $1 RETURNING txid_current()`, []any{id}
-		keys, newGrp = faultItemKeys(id, oldGrp), -1
+		keys, newGrp = w.e.itemKeys(id, oldGrp), -1
 	default:
 		if w.rng.IntN(2) == 0 {
 			newGrp = oldGrp
 		}
 		op, sql, args = "update", `UPDATE items SET grp = $2, v = v + 1, note = $3 WHERE id = $1 RETURNING txid_current()`, []any{id, newGrp, note}
-		keys = append(faultItemKeys(id, oldGrp), faultItemKeys(id, newGrp)[1:]...)
+		keys = append(w.e.itemKeys(id, oldGrp), w.e.itemKeys(id, newGrp)[1:]...)
 	}
 	slices.Sort(keys)
 	keys = slices.Compact(keys)

@@ -5,13 +5,11 @@ package invalidator
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/url"
-	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -23,10 +21,20 @@ import (
 
 // Options configures an Invalidator.
 type Options struct {
-	URL        string
-	CAFile     string // PEM roots for rediss://
-	Logger     *zap.Logger
-	MaxBackoff time.Duration // cap of the retry backoff
+	// Mode is Standalone (the default), Cluster or Sentinel; URL is in the
+	// matching go-redis syntax (see newClient).
+	Mode string
+	URL  string
+	// SentinelMaster names the master in Sentinel mode; it takes the place
+	// of the URL's master_name.
+	SentinelMaster string
+	CAFile         string // PEM roots for rediss://
+	// WaitReplicas: a batch counts as acknowledged only once this many
+	// replicas of every master it wrote to have it (WAIT), so a failover
+	// cannot undo an invalidation walbust has confirmed. 0: do not wait.
+	WaitReplicas int
+	Logger       *zap.Logger
+	MaxBackoff   time.Duration // cap of the retry backoff
 	// KeysPerCommand bounds multi-key UNLINK commands so one command never
 	// blocks Redis for long.
 	KeysPerCommand int
@@ -37,12 +45,13 @@ type Options struct {
 	OnResult func(error)
 }
 
-// Invalidator applies batches to one Redis.
+// Invalidator applies batches to one Redis: a server, a Sentinel-managed
+// master, or a Redis Cluster.
 type Invalidator struct {
-	client *redis.Client
-	opts   Options
-	log    *zap.Logger
-	keys   []string // reused argument buffer
+	client  redis.UniversalClient
+	cluster *redis.ClusterClient // client, in cluster mode; nil otherwise
+	opts    Options
+	log     *zap.Logger
 	// token is written into every tombstone of one attempt. A new one per
 	// attempt: a retry or a replay re-fences with a token no reader has
 	// observed, which can only make more fills fail, never fewer.
@@ -59,33 +68,10 @@ type Stats struct {
 
 // New connects lazily: Redis may be down at start, and Apply retries.
 func New(opts Options) (*Invalidator, error) {
-	ro, err := redis.ParseURL(opts.URL)
+	client, cluster, err := newClient(opts)
 	if err != nil {
-		// net/url's errors quote the URL, password included.
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			return nil, errors.New("parse redis url: malformed URL (not shown: it may hold a password; check %-escapes)")
-		}
-		return nil, fmt.Errorf("parse redis url: %w", err)
+		return nil, err
 	}
-	ro.ClientName = "walbust"
-	if opts.CAFile != "" {
-		if ro.TLSConfig == nil {
-			return nil, fmt.Errorf("redis tls_ca_file is set but the URL is not rediss://")
-		}
-		pem, err := os.ReadFile(opts.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("redis tls_ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("redis tls_ca_file %s: no PEM certificates", opts.CAFile)
-		}
-		ro.TLSConfig.RootCAs = pool
-	}
-	ro.DialTimeout = 5 * time.Second
-	ro.ReadTimeout = 5 * time.Second
-	ro.WriteTimeout = 5 * time.Second
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
@@ -100,15 +86,20 @@ func New(opts Options) (*Invalidator, error) {
 	if opts.ScanCount <= 0 {
 		opts.ScanCount = 1000
 	}
-	return &Invalidator{client: redis.NewClient(ro), opts: opts, log: opts.Logger}, nil
+	return &Invalidator{client: client, cluster: cluster, opts: opts, log: opts.Logger}, nil
 }
 
 // Close closes the connection pool.
 func (iv *Invalidator) Close() error { return iv.client.Close() }
 
-// Ping checks that Redis answers.
+// Ping checks that Redis answers: in cluster mode, every master.
 func (iv *Invalidator) Ping(ctx context.Context) error {
-	err := iv.client.Ping(ctx).Err()
+	var err error
+	if iv.cluster != nil {
+		err = iv.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return c.Ping(ctx).Err() })
+	} else {
+		err = iv.client.Ping(ctx).Err()
+	}
 	if iv.opts.OnResult != nil {
 		iv.opts.OnResult(err)
 	}
@@ -151,6 +142,11 @@ func (iv *Invalidator) Apply(ctx context.Context, invs []mapping.Invalidation) (
 		if ctx.Err() != nil {
 			return st, fmt.Errorf("apply %d invalidations: %w (last error: %v)", len(invs), ctx.Err(), err)
 		}
+		if iv.cluster != nil {
+			// A failover or resharding moved slots: learn the new map
+			// before the next attempt rather than after a redirect.
+			iv.cluster.ReloadState(ctx)
+		}
 		if time.Since(lastLog) > 10*time.Second {
 			iv.log.Warn("redis unavailable; retrying batch", zap.Error(err), zap.Int("attempt", st.Attempts), zap.Int("invalidations", len(invs)))
 			lastLog = time.Now()
@@ -167,19 +163,19 @@ func (iv *Invalidator) Apply(ctx context.Context, invs []mapping.Invalidation) (
 
 func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidation, st *Stats) error {
 	iv.token = protocol.NewToken()
-	pipe := iv.client.Pipeline()
-	iv.keys = iv.keys[:0]
+	b := iv.newBatch()
 	var patterns []mapping.Invalidation
 	for _, inv := range invs {
 		if inv.Pattern {
 			patterns = append(patterns, inv)
 			continue
 		}
-		iv.queue(ctx, pipe, inv, inv.Key)
+		if err := b.queue(ctx, inv, inv.Key); err != nil {
+			return err
+		}
 		st.Keys++
 	}
-	iv.flushUnlink(ctx, pipe)
-	if err := execPipeline(ctx, pipe); err != nil {
+	if err := b.exec(ctx); err != nil {
 		return err
 	}
 	for _, inv := range patterns {
@@ -194,27 +190,37 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 }
 
 // queue adds the commands that apply inv's action to key.
-func (iv *Invalidator) queue(ctx context.Context, pipe redis.Pipeliner, inv mapping.Invalidation, key string) {
+func (b *batch) queue(ctx context.Context, inv mapping.Invalidation, key string) error {
 	switch inv.Action {
 	case mapping.Bump:
-		bumpScript.EvalSha(ctx, pipe, []string{inv.Aux.For(key)}, strconv.FormatUint(inv.Version, 10))
-	case mapping.Stale:
-		staleScript.EvalSha(ctx, pipe, []string{key, inv.Aux.For(key)}, inv.TTL.Milliseconds())
-	case mapping.Fence:
-		fenceScript.EvalSha(ctx, pipe, []string{key}, strconv.FormatUint(inv.Version, 10), iv.token, inv.TTL.Milliseconds())
-	default:
-		iv.keys = append(iv.keys, key)
-		if len(iv.keys) == iv.opts.KeysPerCommand {
-			iv.flushUnlink(ctx, pipe)
+		vkey := inv.Aux.For(key)
+		pipe, err := b.pipeFor(ctx, vkey)
+		if err != nil {
+			return err
 		}
+		bumpScript.EvalSha(ctx, pipe, []string{vkey}, strconv.FormatUint(inv.Version, 10))
+	case mapping.Stale:
+		skey := inv.Aux.For(key)
+		if b.iv.cluster != nil && keySlot(key) != keySlot(skey) {
+			// A script may only touch keys of one slot (CROSSSLOT).
+			b.moves = append(b.moves, move{key: key, to: skey, ttl: inv.TTL})
+			return nil
+		}
+		pipe, err := b.pipeFor(ctx, key)
+		if err != nil {
+			return err
+		}
+		staleScript.EvalSha(ctx, pipe, []string{key, skey}, inv.TTL.Milliseconds())
+	case mapping.Fence:
+		pipe, err := b.pipeFor(ctx, key)
+		if err != nil {
+			return err
+		}
+		fenceScript.EvalSha(ctx, pipe, []string{key}, strconv.FormatUint(inv.Version, 10), b.iv.token, inv.TTL.Milliseconds())
+	default:
+		return b.unlink(ctx, key)
 	}
-}
-
-func (iv *Invalidator) flushUnlink(ctx context.Context, pipe redis.Pipeliner) {
-	if len(iv.keys) > 0 {
-		pipe.Unlink(ctx, iv.keys...)
-		iv.keys = iv.keys[:0]
-	}
+	return nil
 }
 
 func execPipeline(ctx context.Context, pipe redis.Pipeliner) error {
@@ -237,13 +243,41 @@ func execPipeline(ctx context.Context, pipe redis.Pipeliner) error {
 	return nil
 }
 
+// loadScripts loads the scripts on every master: a promoted replica, or a
+// restarted server, has none (scripts are not replicated).
 func (iv *Invalidator) loadScripts(ctx context.Context) error {
-	for _, s := range scripts {
-		if err := s.Load(ctx, iv.client).Err(); err != nil {
-			return fmt.Errorf("load script: %w", err)
+	nodes, err := iv.masters(ctx)
+	if err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		for _, s := range scripts {
+			if err := s.Load(ctx, n).Err(); err != nil {
+				return fmt.Errorf("load script: %w", err)
+			}
 		}
 	}
 	return nil
+}
+
+// masters are the servers that hold keys: every master of a cluster, or
+// the one server (the master, with Sentinel).
+func (iv *Invalidator) masters(ctx context.Context) ([]redis.UniversalClient, error) {
+	if iv.cluster == nil {
+		return []redis.UniversalClient{iv.client}, nil
+	}
+	var mu sync.Mutex
+	var nodes []redis.UniversalClient
+	err := iv.cluster.ForEachMaster(ctx, func(_ context.Context, c *redis.Client) error {
+		mu.Lock()
+		nodes = append(nodes, c)
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list cluster masters: %w", err)
+	}
+	return nodes, nil
 }
 
 func isNoScript(err error) bool {

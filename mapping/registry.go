@@ -127,6 +127,38 @@ func (r *Registry) Names() []string {
 	return names
 }
 
+// warning is the risky choice a table makes, if any.
+func (t *Table) warning(file string) string {
+	if t.OnTruncate == nil {
+		return fmt.Sprintf("%s:%d:%d: %s has no on_truncate rules: a TRUNCATE of it cannot invalidate anything", file, t.Line, t.Column, t.Name)
+	}
+	return ""
+}
+
+// Only returns the registry restricted to tables (a shard's share), or an
+// error naming those that deps.yaml does not have.
+func (r *Registry) Only(tables []string) (*Registry, error) {
+	out := &Registry{File: r.File, Tables: make(map[string]*Table, len(tables))}
+	var missing []string
+	for _, name := range tables {
+		t := r.Tables[name]
+		if t == nil {
+			missing = append(missing, name)
+			continue
+		}
+		out.Tables[name] = t
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("%s has no table %s", r.File, strings.Join(missing, ", "))
+	}
+	for _, name := range out.Names() {
+		if w := out.Tables[name].warning(r.File); w != "" {
+			out.Warnings = append(out.Warnings, w)
+		}
+	}
+	return out, nil
+}
+
 // Load reads and checks a deps.yaml file.
 func Load(path string) (*Registry, error) {
 	doc, err := yamlnode.ReadFile(path)
@@ -182,9 +214,8 @@ func build(doc *yamlnode.Doc) (*Registry, error) {
 		for _, tf := range doc.Mapping(tables.Value, tables.Path) {
 			if t := buildTable(doc, tf, defaults); t != nil {
 				reg.Tables[t.Name] = t
-				if t.OnTruncate == nil {
-					reg.Warnings = append(reg.Warnings, fmt.Sprintf(
-						"%s:%d:%d: %s has no on_truncate rules: a TRUNCATE of it cannot invalidate anything", doc.File, t.Line, t.Column, t.Name))
+				if w := t.warning(doc.File); w != "" {
+					reg.Warnings = append(reg.Warnings, w)
 				}
 			}
 		}

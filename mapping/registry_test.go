@@ -843,3 +843,36 @@ func TestParseAction(t *testing.T) {
 		t.Errorf("Action(0).String() = %q", s)
 	}
 }
+
+func TestRegistryOnly(t *testing.T) {
+	reg, err := mapping.Parse("deps.yaml", []byte(`version: 1
+tables:
+  public.a:
+    keys: ["a:{id}"]
+  public.b:
+    keys: ["b:{id}"]
+    on_truncate:
+      keys: ["b-all"]
+  public.c:
+    keys: ["c:{id}"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := reg.Only([]string{"public.b", "public.c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sub.Names(); len(got) != 2 || got[0] != "public.b" || got[1] != "public.c" {
+		t.Errorf("tables %v, want public.b public.c", got)
+	}
+	if len(sub.Warnings) != 1 || !strings.Contains(sub.Warnings[0], "public.c has no on_truncate") {
+		t.Errorf("warnings %q, want only public.c's", sub.Warnings)
+	}
+	if len(reg.Tables) != 3 {
+		t.Error("Only changed the registry it was called on")
+	}
+	if _, err := reg.Only([]string{"public.a", "public.x", "public.y"}); err == nil || !strings.Contains(err.Error(), "no table public.x, public.y") {
+		t.Errorf("unknown tables: %v", err)
+	}
+}

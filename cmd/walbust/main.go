@@ -29,6 +29,9 @@ Usage:
   walbust teardown --config walbust.yaml   drop the slot and the publication
   walbust version                          print the version
 
+With shards in walbust.yaml, run one walbust per shard (--shard NAME); setup,
+validate and teardown without --shard act on every shard.
+
 Run "walbust <command> -h" for a command's flags.
 `
 

@@ -58,7 +58,54 @@ func loadWith(fs *flag.FlagSet, loader *config.Loader, args []string, stderr io.
 	if err != nil {
 		return nil, usageError{fmt.Errorf("deps registry:\n%w", err)}
 	}
+	if err := cfg.CheckShards(reg.Names()); err != nil {
+		return nil, usageError{fmt.Errorf("config: %w", err)}
+	}
+	if cfg.Tables != nil {
+		if reg, err = reg.Only(cfg.Tables); err != nil {
+			return nil, usageError{fmt.Errorf("shard %s: %w", cfg.Shard, err)}
+		}
+	}
 	return &loaded{cfg: cfg, reg: reg, log: log}, nil
+}
+
+// targets is what setup, validate and teardown act on: every shard when
+// walbust.yaml defines shards and none was chosen, else l itself.
+func (l *loaded) targets() ([]*loaded, error) {
+	if len(l.cfg.Shards) == 0 || l.cfg.Shard != "" {
+		return []*loaded{l}, nil
+	}
+	var out []*loaded
+	for _, name := range l.cfg.ShardNames() {
+		cfg, err := l.cfg.ForShard(name)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		reg, err := l.reg.Only(cfg.Tables)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("shard %s: %w", name, err)}
+		}
+		out = append(out, &loaded{cfg: cfg, reg: reg, log: l.log})
+	}
+	return out, nil
+}
+
+// requireShard: a process streams one slot, so with shards defined it must
+// be told which shard it is.
+func (l *loaded) requireShard(command string) error {
+	if len(l.cfg.Shards) > 0 && l.cfg.Shard == "" {
+		return usageError{fmt.Errorf("walbust.yaml defines shards (%s): `walbust %s` serves one of them; choose it with --shard NAME (or WALBUST_SHARD)",
+			strings.Join(l.cfg.ShardNames(), ", "), command)}
+	}
+	return nil
+}
+
+// shardPrefix names the shard in output lines, when there is one.
+func (l *loaded) shardPrefix() string {
+	if l.cfg.Shard == "" {
+		return ""
+	}
+	return "shard " + l.cfg.Shard + ": "
 }
 
 // hasQueries reports whether any rule needs the lookup pool.

@@ -35,6 +35,9 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 	if err != nil {
 		return err
 	}
+	if err := l.requireShard("run"); err != nil {
+		return err
+	}
 	defer func() {
 		// The daemon's last word goes to the structured log too, so log
 		// pipelines see why it stopped.
@@ -48,7 +51,8 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 	if d.store, err = checkpoint.Open(l.cfg.Checkpoint.Path); err != nil {
 		return err
 	}
-	d.inv, err = invalidator.New(invalidator.Options{URL: l.cfg.Redis.URL, CAFile: l.cfg.Redis.CAFile, Logger: l.log.Named("redis"), OnResult: d.metrics.RedisResult})
+	d.inv, err = invalidator.New(invalidator.Options{Mode: l.cfg.Redis.Mode, URL: l.cfg.Redis.URL, SentinelMaster: l.cfg.Redis.SentinelMaster,
+		CAFile: l.cfg.Redis.CAFile, WaitReplicas: l.cfg.Redis.WaitReplicas, Logger: l.log.Named("redis"), OnResult: d.metrics.RedisResult})
 	if err != nil {
 		return usageError{err}
 	}
@@ -106,7 +110,8 @@ func (d *daemon) stream(ctx context.Context) error {
 		OnRelation: p.CheckRelation, NewSink: p.NewSink, Admitter: p,
 		OnConnected: d.metrics.Connected, OnReport: d.metrics.Reported,
 	}, stored)
-	d.log.Info("starting", zap.String("version", version), zap.String("slot", d.cfg.Postgres.Slot),
+	d.log.Info("starting", zap.String("version", version), zap.String("shard", d.cfg.Shard), zap.String("slot", d.cfg.Postgres.Slot),
+		zap.String("redis_mode", d.cfg.Redis.Mode),
 		zap.Stringer("checkpoint_lsn", stored), zap.String("checkpoint", d.store.Path()), zap.Int("tables", len(d.reg.Tables)))
 	return p.Run(ctx, src)
 }
@@ -127,6 +132,9 @@ func (d *daemon) preflight(ctx context.Context) error {
 		return usageError{fmt.Errorf("deps registry does not match the database (see walbust validate):\n%w", problems)}
 	}
 	for _, w := range d.reg.Warnings {
+		d.log.Warn(w)
+	}
+	for _, w := range clusterWarnings(d.loaded) {
 		d.log.Warn(w)
 	}
 	slot, err := replication.LookupSlot(ctx, conn, d.cfg.Postgres.Slot)

@@ -32,8 +32,12 @@ func setupCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
+	targets, err := l.targets()
+	if err != nil {
+		return err
+	}
 	if *printSQL {
-		return printSetupSQL(stdout, l)
+		return printSetupSQL(stdout, l, targets)
 	}
 	conn, err := connectSQL(ctx, l.cfg.Postgres.URL)
 	if err != nil {
@@ -49,16 +53,18 @@ func setupCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	for _, p := range problems {
 		fmt.Fprintln(stderr, "warning:", p.Error())
 	}
-	msg, err := replication.EnsurePublication(ctx, conn, l.cfg.Postgres.Publication, l.reg.Names())
-	if err != nil {
-		return err
+	for _, t := range targets {
+		msg, err := replication.EnsurePublication(ctx, conn, t.cfg.Postgres.Publication, t.reg.Names())
+		if err != nil {
+			return fmt.Errorf("%s%w", t.shardPrefix(), err)
+		}
+		fmt.Fprintln(stdout, t.shardPrefix()+msg)
+		msg, err = replication.EnsureSlot(ctx, conn, t.cfg.Postgres.Slot)
+		if err != nil {
+			return fmt.Errorf("%s%w", t.shardPrefix(), err)
+		}
+		fmt.Fprintln(stdout, t.shardPrefix()+msg)
 	}
-	fmt.Fprintln(stdout, msg)
-	msg, err = replication.EnsureSlot(ctx, conn, l.cfg.Postgres.Slot)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(stdout, msg)
 	return nil
 }
 
@@ -69,28 +75,34 @@ func teardownCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
+	targets, err := l.targets()
+	if err != nil {
+		return err
+	}
 	conn, err := connectSQL(ctx, l.cfg.Postgres.URL)
 	if err != nil {
 		return err
 	}
 	defer closeQuietly(ctx, conn)
-	msg, err := replication.DropSlot(ctx, conn, l.cfg.Postgres.Slot)
-	if err != nil {
-		return err
+	for _, t := range targets {
+		msg, err := replication.DropSlot(ctx, conn, t.cfg.Postgres.Slot)
+		if err != nil {
+			return fmt.Errorf("%s%w", t.shardPrefix(), err)
+		}
+		fmt.Fprintln(stdout, t.shardPrefix()+msg)
+		msg, err = replication.DropPublication(ctx, conn, t.cfg.Postgres.Publication)
+		if err != nil {
+			return fmt.Errorf("%s%w", t.shardPrefix(), err)
+		}
+		fmt.Fprintln(stdout, t.shardPrefix()+msg)
 	}
-	fmt.Fprintln(stdout, msg)
-	msg, err = replication.DropPublication(ctx, conn, l.cfg.Postgres.Publication)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(stdout, msg)
 	return nil
 }
 
 // printSetupSQL prints what a DBA runs so walbust needs no superuser: a
 // LOGIN REPLICATION role, the publication (which needs table ownership),
 // the slot, and SELECT grants for validation and lookup queries.
-func printSetupSQL(w io.Writer, l *loaded) error {
+func printSetupSQL(w io.Writer, l *loaded, targets []*loaded) error {
 	cfg, err := pgconn.ParseConfig(l.cfg.Postgres.URL)
 	if err != nil {
 		return usageError{fmt.Errorf("postgres url: %w", err)}
@@ -118,13 +130,34 @@ func printSetupSQL(w io.Writer, l *loaded) error {
 			}
 		}
 	}
-	fmt.Fprintf(w, "CREATE PUBLICATION %s FOR TABLE %s;\n", pgx.Identifier{l.cfg.Postgres.Publication}.Sanitize(), strings.Join(tables, ", "))
-	fmt.Fprintf(w, "-- The slot can be created by the role itself with `walbust setup`, or here:\n")
-	fmt.Fprintf(w, "SELECT pg_create_logical_replication_slot('%s', 'pgoutput');\n", l.cfg.Postgres.Slot)
+	for _, t := range targets {
+		if t.cfg.Shard != "" {
+			fmt.Fprintf(w, "-- Shard %s:\n", t.cfg.Shard)
+		}
+		fmt.Fprintf(w, "CREATE PUBLICATION %s FOR TABLE %s;\n", pgx.Identifier{t.cfg.Postgres.Publication}.Sanitize(), strings.Join(quotedTables(t.reg.Names()), ", "))
+		fmt.Fprintf(w, "-- The slot can be created by the role itself with `walbust setup`, or here:\n")
+		fmt.Fprintf(w, "SELECT pg_create_logical_replication_slot('%s', 'pgoutput');\n", t.cfg.Postgres.Slot)
+	}
 	fmt.Fprintf(w, "-- Tables whose key templates use non-key columns need old values on UPDATE/DELETE:\n")
 	for _, t := range tables {
 		fmt.Fprintf(w, "-- ALTER TABLE %s REPLICA IDENTITY FULL;\n", t)
 	}
-	fmt.Fprintf(w, "-- Retiring walbust: SELECT pg_drop_replication_slot('%s'); DROP PUBLICATION %s;\n", l.cfg.Postgres.Slot, pgx.Identifier{l.cfg.Postgres.Publication}.Sanitize())
+	for _, t := range targets {
+		which := ""
+		if t.cfg.Shard != "" {
+			which = " shard " + t.cfg.Shard
+		}
+		fmt.Fprintf(w, "-- Retiring walbust%s: SELECT pg_drop_replication_slot('%s'); DROP PUBLICATION %s;\n",
+			which, t.cfg.Postgres.Slot, pgx.Identifier{t.cfg.Postgres.Publication}.Sanitize())
+	}
 	return nil
+}
+
+func quotedTables(names []string) []string {
+	out := make([]string, len(names))
+	for i, name := range names {
+		schema, table, _ := strings.Cut(name, ".")
+		out[i] = pgx.Identifier{schema, table}.Sanitize()
+	}
+	return out
 }

@@ -47,6 +47,9 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
+	if err := l.requireShard("status"); err != nil {
+		return err
+	}
 	var rep statusReport
 	conn, err := connectSQL(ctx, l.cfg.Postgres.URL)
 	if err != nil {

@@ -5,13 +5,19 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/walbust/walbust/config"
 	"github.com/walbust/walbust/validate"
 )
 
 // validateCommand checks deps.yaml against the live database and reports
-// every problem with its position; exit status 1 when there is any.
+// every problem with its position; exit status 1 when there is any. With
+// shards and none chosen, every shard is checked against its publication.
 func validateCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	l, err := load("validate", args, stderr)
+	if err != nil {
+		return err
+	}
+	targets, err := l.targets()
 	if err != nil {
 		return err
 	}
@@ -20,19 +26,40 @@ func validateCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		return err
 	}
 	defer closeQuietly(ctx, conn)
-	problems, err := validate.Registry(ctx, conn, l.reg, l.cfg.Postgres.Publication)
-	if err != nil {
-		return err
-	}
 	for _, w := range l.reg.Warnings {
 		fmt.Fprintln(stdout, "warning:", w)
 	}
-	for _, p := range problems {
-		fmt.Fprintln(stdout, p.Error())
+	for _, w := range clusterWarnings(l) {
+		fmt.Fprintln(stdout, "warning:", w)
 	}
-	if len(problems) > 0 {
-		return fmt.Errorf("%s: %d problem(s)", l.reg.File, len(problems))
+	total := 0
+	for _, t := range targets {
+		problems, err := validate.Registry(ctx, conn, t.reg, t.cfg.Postgres.Publication)
+		if err != nil {
+			return err
+		}
+		for _, p := range problems {
+			fmt.Fprintln(stdout, t.shardPrefix()+p.Error())
+		}
+		total += len(problems)
+		if len(problems) == 0 {
+			fmt.Fprintf(stdout, "%s%s: ok (%d tables)\n", t.shardPrefix(), t.reg.File, len(t.reg.Tables))
+		}
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d tables)\n", l.reg.File, len(l.reg.Tables))
+	if total > 0 {
+		return fmt.Errorf("%s: %d problem(s)", l.reg.File, total)
+	}
 	return nil
+}
+
+// clusterWarnings are the templates that cannot be atomic in cluster mode.
+func clusterWarnings(l *loaded) []string {
+	if l.cfg.Redis.Mode != config.ModeCluster {
+		return nil
+	}
+	var out []string
+	for _, p := range validate.Cluster(l.reg) {
+		out = append(out, p.Error())
+	}
+	return out
 }

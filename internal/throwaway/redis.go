@@ -19,6 +19,7 @@ import (
 // including Restart, begins with an empty dataset.
 type Redis struct {
 	extra   []string // more redis-server arguments, e.g. TLS settings
+	conf    string   // a config file, first argument (sentinels need one they can rewrite)
 	dir     string
 	logPath string
 	bin     string
@@ -31,6 +32,12 @@ type Redis struct {
 // directory and log in dir; extraArgs are appended to its command line
 // (e.g. --tls-port and certificate files; the plain port stays open).
 func StartRedis(ctx context.Context, dir string, extraArgs ...string) (*Redis, error) {
+	return startRedis(ctx, dir, 0, "", extraArgs)
+}
+
+// startRedis starts redis-server on port (0: a free one), with conf (if
+// not empty) as its config file.
+func startRedis(ctx context.Context, dir string, port int, conf string, extraArgs []string) (*Redis, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, fmt.Errorf("redis-server binary missing: %w; %s", err, installHint)
@@ -42,7 +49,14 @@ func StartRedis(ctx context.Context, dir string, extraArgs ...string) (*Redis, e
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("redis dir: %w", err)
 	}
-	r := &Redis{dir: dir, logPath: filepath.Join(dir, "redis.log"), bin: bin, extra: extraArgs}
+	r := &Redis{dir: dir, logPath: filepath.Join(dir, "redis.log"), bin: bin, extra: extraArgs, conf: conf}
+	if port != 0 {
+		r.port = port
+		if err := r.start(ctx); err != nil {
+			return nil, err
+		}
+		return r, nil
+	}
 	// Retry with a fresh port if another process took ours in the meantime.
 	for attempt := 0; ; attempt++ {
 		if r.port, err = FreePort(); err != nil {
@@ -64,14 +78,21 @@ func (r *Redis) start(ctx context.Context) error {
 		return fmt.Errorf("redis log: %w", err)
 	}
 	defer logFile.Close()
-	args := []string{
+	var args []string
+	if r.conf != "" {
+		args = append(args, r.conf)
+	}
+	args = append(args,
 		"--port", strconv.Itoa(r.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
+		// A replica syncs at once instead of after the default 5s wait for
+		// more replicas to share the transfer.
+		"--repl-diskless-sync-delay", "0",
 		"--dir", r.dir,
 		"--daemonize", "no",
-	}
+	)
 	cmd := exec.Command(r.bin, append(args, r.extra...)...)
 	cmd.Dir = r.dir
 	cmd.Stdout, cmd.Stderr = logFile, logFile
@@ -95,6 +116,9 @@ func (r *Redis) start(ctx context.Context) error {
 
 // Addr is host:port of the server.
 func (r *Redis) Addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
+
+// Port is the server's TCP port; it stays the same across restarts.
+func (r *Redis) Port() int { return r.port }
 
 // URL is a redis:// URL for database 0.
 func (r *Redis) URL() string { return "redis://" + r.Addr() + "/0" }

@@ -1,0 +1,49 @@
+package config
+
+import (
+	"fmt"
+	"net/url"
+)
+
+// validate checks the Redis settings that depend on the mode.
+func (r Redis) validate() []error {
+	var errs []error
+	switch r.Mode {
+	case ModeStandalone, ModeCluster, ModeSentinel:
+	default:
+		errs = append(errs, fmt.Errorf("redis.mode %q: must be standalone, cluster or sentinel", r.Mode))
+	}
+	if r.WaitReplicas < 0 {
+		errs = append(errs, fmt.Errorf("redis.wait_replicas %d: must not be negative", r.WaitReplicas))
+	}
+	if r.Mode != ModeSentinel {
+		if r.SentinelMaster != "" {
+			errs = append(errs, fmt.Errorf("redis.sentinel_master is set but redis.mode is %s (set redis.mode: sentinel)", r.Mode))
+		}
+		if r.SentinelPasswordFile != "" {
+			errs = append(errs, fmt.Errorf("redis.sentinel_password_file is set but redis.mode is %s (set redis.mode: sentinel)", r.Mode))
+		}
+	}
+	// A malformed URL is reported by the Redis client, which knows how to
+	// say so without echoing a password; only the mode's rules are checked
+	// here.
+	u, err := url.Parse(r.URL)
+	if err != nil {
+		return errs
+	}
+	switch r.Mode {
+	case ModeCluster:
+		if p := u.Path; p != "" && p != "/" && p != "/0" {
+			errs = append(errs, fmt.Errorf("redis.url: a Redis Cluster has only database 0, but the URL's path is %q", p))
+		}
+	case ModeSentinel:
+		inURL := u.Query().Get("master_name")
+		switch {
+		case r.SentinelMaster == "" && inURL == "":
+			errs = append(errs, fmt.Errorf("redis.mode sentinel needs the master's name: set redis.sentinel_master (--redis-sentinel-master, WALBUST_REDIS_SENTINEL_MASTER)"))
+		case r.SentinelMaster != "" && inURL != "" && inURL != r.SentinelMaster:
+			errs = append(errs, fmt.Errorf("redis.sentinel_master %q and the URL's master_name %q differ", r.SentinelMaster, inURL))
+		}
+	}
+	return errs
+}

@@ -1,0 +1,154 @@
+package throwaway
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func TestRedisCluster(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := filepath.Join(tempDir(t), "cluster")
+	begin := time.Now()
+	c, err := StartRedisCluster(ctx, dir, 3, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	t.Logf("6-node cluster up in %v", time.Since(begin).Round(time.Millisecond))
+	cl := c.Client()
+	defer cl.Close()
+	for i := range 100 {
+		if err := cl.Set(ctx, fmt.Sprintf("k%d", i), "v", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodes, err := c.Topology(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	masters := 0
+	for _, n := range nodes {
+		if n.Master && n.Slots > 0 {
+			masters++
+		}
+	}
+	if len(nodes) != 6 || masters != 3 {
+		t.Fatalf("%d nodes, %d masters with slots; want 6 and 3: %+v", len(nodes), masters, nodes)
+	}
+
+	// kill -9 a master: its replica takes over, and the cluster serves
+	// every key again (the ones on the dead master's slots from the replica).
+	m, err := c.MasterWithReplica(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	begin = time.Now()
+	if err := c.WaitFailover(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("failover of %s took %v", m.Addr(), time.Since(begin).Round(time.Millisecond))
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; i < 100; i++ {
+		n, err := cl.Exists(ctx, fmt.Sprintf("k%d", i)).Result()
+		if err != nil || n != 1 {
+			if time.Now().Before(deadline) {
+				// go-redis learns the new slot map when told to (or
+				// within a minute).
+				cl.ReloadState(ctx)
+				i--
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			t.Fatalf("k%d after the failover: exists %d, err %v", i, n, err)
+		}
+	}
+
+	// Restarted, it comes back empty as the new master's replica.
+	if err := m.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitHealthy(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	nodes, err = c.Topology(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.Addr == m.Addr() && (n.Master || n.MasterID == "") {
+			t.Errorf("restarted %s is %+v, want a replica", m.Addr(), n)
+		}
+	}
+}
+
+func TestRedisSentinel(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	begin := time.Now()
+	s, err := StartRedisSentinel(ctx, filepath.Join(tempDir(t), "sentinel"), "cache", 1, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	t.Logf("master, replica and 3 sentinels up in %v", time.Since(begin).Round(time.Millisecond))
+	c := s.Client()
+	defer c.Close()
+	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	old, err := s.Master(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old != s.Data()[0] {
+		t.Errorf("master %s, want the first data node %s", old.Addr(), s.Data()[0].Addr())
+	}
+	if err := old.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	begin = time.Now()
+	promoted, err := s.WaitFailover(ctx, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("failover from %s to %s took %v", old.Addr(), promoted.Addr(), time.Since(begin).Round(time.Millisecond))
+	// The failover client finds the new master, which has the key.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		v, err := c.Get(ctx, "k").Result()
+		if err == nil && v == "v" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET k through the failover client: %q, %v", v, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The old master, restarted empty, becomes the new one's replica.
+	begin = time.Now()
+	if err := s.RestartAsReplica(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WaitHealthy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("old master back as a replica after %v", time.Since(begin).Round(time.Millisecond))
+	if m, err := s.Master(ctx); err != nil || m != promoted {
+		t.Errorf("master after the restart: %v (err %v), want %s", m, err, promoted.Addr())
+	}
+}
