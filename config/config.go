@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/walbust/walbust/internal/yamlnode"
 )
 
@@ -44,6 +46,10 @@ type Config struct {
 	Shard string
 	// Tables restricts walbust to these deps.yaml tables; nil means all.
 	Tables []string
+	// Replicas and Events serve the fence action and in-process caches
+	// (see replicas.go).
+	Replicas Replicas
+	Events   Events
 }
 
 // Postgres says where to stream from.
@@ -105,11 +111,15 @@ type setting struct {
 	str   *string
 	dur   *time.Duration
 	num   *int
-	file  bool // a path, resolved against the config file's directory
+	// boolean and list (comma-separated in flags and the environment, a
+	// YAML sequence in the file).
+	boolean *bool
+	list    *[]string
+	file    bool // a path, resolved against the config file's directory
 }
 
 func (c *Config) settings() []setting {
-	return []setting{
+	return append([]setting{
 		{path: "postgres.url", flag: "postgres-url", env: "WALBUST_POSTGRES_URL", str: &c.Postgres.URL, usage: "Postgres connection URL"},
 		{path: "postgres.slot", flag: "slot", env: "WALBUST_SLOT", str: &c.Postgres.Slot, usage: "logical replication slot name"},
 		{path: "postgres.publication", flag: "publication", env: "WALBUST_PUBLICATION", str: &c.Postgres.Publication, usage: "publication name"},
@@ -132,7 +142,7 @@ func (c *Config) settings() []setting {
 		{path: "shard", flag: "shard", env: "WALBUST_SHARD", str: &c.Shard, usage: "the shard (of shards in walbust.yaml) this walbust serves"},
 		{path: "log.format", flag: "log-format", env: "WALBUST_LOG_FORMAT", str: &c.Log.Format, usage: "log format: json or console"},
 		{path: "log.level", flag: "log-level", env: "WALBUST_LOG_LEVEL", str: &c.Log.Level, usage: "log level: debug, info, warn, error"},
-	}
+	}, c.replicaSettings()...)
 }
 
 // Defaults returns the configuration used where nothing else is said.
@@ -153,6 +163,8 @@ func Defaults() *Config {
 		MaxTxChanges:    100000,
 		ShutdownTimeout: 30 * time.Second,
 		Listen:          "127.0.0.1:9187",
+		Replicas:        Replicas{WaitMax: 5 * time.Second},
+		Events:          Events{Channel: "walbust:events"},
 	}
 }
 
@@ -276,6 +288,23 @@ func (s setting) set(raw string) error {
 		*s.dur = d
 		return nil
 	}
+	if s.boolean != nil {
+		b, err := strconv.ParseBool(raw)
+		if err != nil {
+			return fmt.Errorf("invalid boolean %q (true or false)", raw)
+		}
+		*s.boolean = b
+		return nil
+	}
+	if s.list != nil {
+		*s.list = nil
+		for _, v := range strings.Split(raw, ",") {
+			if v = strings.TrimSpace(v); v != "" {
+				*s.list = append(*s.list, v)
+			}
+		}
+		return nil
+	}
 	if s.num != nil {
 		n, err := strconv.Atoi(raw)
 		if err != nil {
@@ -312,6 +341,11 @@ func (c *Config) readFile(path string) error {
 	top = append(top, "shards")
 	apply := func(f yamlnode.Field) {
 		s := byPath[f.Path]
+		if s.list != nil && f.Value.Kind == yaml.SequenceNode {
+			vals, _ := doc.Strings(f)
+			*s.list = vals
+			return
+		}
 		v, ok := doc.String(f)
 		if !ok {
 			return
@@ -374,6 +408,7 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("log.format %q: must be json or console", c.Log.Format))
 	}
 	errs = append(errs, c.Redis.validate()...)
+	errs = append(errs, c.Replicas.validate()...)
 	errs = append(errs, c.validateShards()...)
 	return errors.Join(errs...)
 }

@@ -52,8 +52,7 @@ tables:
 `
 
 // replicasYAML asks walbust to re-fence once the replicas have replayed
-// each transaction (issue 7); a walbust that does not know the field
-// refuses the config, and the harness runs without it and says so.
+// each transaction.
 const replicasYAML = `replicas:
   from_primary: true
   wait_max: %s
@@ -61,21 +60,19 @@ const replicasYAML = `replicas:
 
 // env is the run's world: primary, replica, Redis, walbust, work dir.
 type env struct {
-	cfg      config
-	logf     func(string, ...any)
-	work     string
-	binary   string
-	primary  *throwaway.Postgres
-	replica  *throwaway.Postgres
-	redis    *throwaway.Redis
-	rdb      *redis.Client
-	primDB   *pgxpool.Pool
-	replDB   *pgxpool.Pool
-	ctl      *pgx.Conn // control connection to the primary
-	listen   string    // walbust's /readyz address
-	config   string
-	refence  bool   // walbust accepted the replicas block
-	noteRefc string // why not, when it did not
+	cfg     config
+	logf    func(string, ...any)
+	work    string
+	binary  string
+	primary *throwaway.Postgres
+	replica *throwaway.Postgres
+	redis   *throwaway.Redis
+	rdb     *redis.Client
+	primDB  *pgxpool.Pool
+	replDB  *pgxpool.Pool
+	ctl     *pgx.Conn // control connection to the primary
+	listen  string    // walbust's /readyz address
+	config  string
 
 	mu   sync.Mutex
 	proc *walbust
@@ -165,8 +162,7 @@ func newEnv(ctx context.Context, cfg config, logf func(string, ...any)) (e *env,
 	return e, e.setupWalbust(ctx)
 }
 
-// setupWalbust writes the config (with the replicas block when walbust
-// knows it) and runs walbust setup.
+// setupWalbust writes the config and runs walbust setup.
 func (e *env) setupWalbust(ctx context.Context) error {
 	port, err := throwaway.FreePort()
 	if err != nil {
@@ -177,8 +173,7 @@ func (e *env) setupWalbust(ctx context.Context) error {
 		return err
 	}
 	e.config = filepath.Join(e.work, "walbust.yaml")
-	write := func(replicas bool) error {
-		body := fmt.Sprintf(`postgres:
+	body := fmt.Sprintf(`postgres:
   url: %s
   status_interval: 200ms
   heartbeat_interval: 0s
@@ -190,40 +185,16 @@ checkpoint:
 listen: %s
 log:
   level: info
-`, e.primary.URL(dbName), e.redis.URL(), e.listen)
-		if replicas {
-			body += fmt.Sprintf(replicasYAML, e.cfg.WaitMax)
-		}
-		return os.WriteFile(e.config, []byte(body), 0o644)
-	}
-	if err := write(true); err != nil {
+`, e.primary.URL(dbName), e.redis.URL(), e.listen) + fmt.Sprintf(replicasYAML, e.cfg.WaitMax)
+	if err := os.WriteFile(e.config, []byte(body), 0o644); err != nil {
 		return err
 	}
-	out, err := exec.CommandContext(ctx, e.binary, "setup", "--config", e.config).CombinedOutput()
-	if err != nil && strings.Contains(string(out), "replicas") {
-		e.noteRefc = firstLine(string(out))
-		e.logf("walbust does not accept the replicas block yet (%s): running without the re-fence; "+
-			"mode (b)'s replica readers are expected to leave stale keys", e.noteRefc)
-		if err := write(false); err != nil {
-			return err
-		}
-		out, err = exec.CommandContext(ctx, e.binary, "setup", "--config", e.config).CombinedOutput()
-	} else if err == nil {
-		e.refence = true
-	}
-	if err != nil {
+	if out, err := exec.CommandContext(ctx, e.binary, "setup", "--config", e.config).CombinedOutput(); err != nil {
 		return fmt.Errorf("walbust setup: %w\n%s", err, out)
 	}
 	return nil
 }
 
-func firstLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	return s
-}
 
 // walbust is one `walbust run` process.
 type walbust struct {

@@ -58,7 +58,7 @@ func run(ctx context.Context, cfg config, logf func(string, ...any)) (*report, e
 		wgR.Wait()
 	}
 
-	rep := &report{cfg: cfg, refence: e.refence, refenceNote: e.noteRefc}
+	rep := &report{cfg: cfg}
 	lastLog := start
 	for {
 		elapsed := time.Since(start)

@@ -40,6 +40,8 @@ type Options struct {
 	KeysPerCommand int
 	// ScanCount is the COUNT hint of pattern SCANs.
 	ScanCount int64
+	// EventsChannel is where Publish sends events ("" disables).
+	EventsChannel string
 	// OnResult is told the outcome of every attempt (nil: acknowledged),
 	// so an outage shows in metrics while the batch is still retrying.
 	OnResult func(error)
@@ -113,34 +115,43 @@ func (iv *Invalidator) Ping(ctx context.Context) error {
 // exponential backoff until Redis acknowledges every command or ctx ends.
 // It returns nil only when every invalidation was acknowledged.
 func (iv *Invalidator) Apply(ctx context.Context, invs []mapping.Invalidation) (Stats, error) {
-	var st Stats
 	if len(invs) == 0 {
-		return st, nil
+		return Stats{}, nil
 	}
-	backoff := 50 * time.Millisecond
-	var lastLog time.Time
-	for {
-		st = Stats{Attempts: st.Attempts + 1}
-		err := iv.applyOnce(ctx, invs, &st)
+	return iv.retrying(ctx, "batch", len(invs), func(st *Stats) error {
+		err := iv.applyOnce(ctx, invs, st)
 		if isNoScript(err) {
 			// Redis restarted or SCRIPT FLUSH ran: EVALSHA inside a pipeline
 			// does not fall back to EVAL, so load the scripts and go again.
 			if err = iv.loadScripts(ctx); err == nil {
-				st = Stats{Attempts: st.Attempts} // count the keys once
-				err = iv.applyOnce(ctx, invs, &st)
+				*st = Stats{Attempts: st.Attempts} // count the keys once
+				err = iv.applyOnce(ctx, invs, st)
 			}
 		}
+		return err
+	})
+}
+
+// retrying runs attempt until it succeeds or ctx ends, with capped,
+// jittered exponential backoff; what and n describe it in logs.
+func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt func(*Stats) error) (Stats, error) {
+	var st Stats
+	backoff := 50 * time.Millisecond
+	var lastLog time.Time
+	for {
+		st = Stats{Attempts: st.Attempts + 1}
+		err := attempt(&st)
 		if iv.opts.OnResult != nil {
 			iv.opts.OnResult(err)
 		}
 		if err == nil {
 			if st.Attempts > 1 {
-				iv.log.Info("redis recovered; batch applied", zap.Int("attempts", st.Attempts), zap.Int("invalidations", len(invs)))
+				iv.log.Info("redis recovered; "+what+" applied", zap.Int("attempts", st.Attempts), zap.Int("invalidations", n))
 			}
 			return st, nil
 		}
 		if ctx.Err() != nil {
-			return st, fmt.Errorf("apply %d invalidations: %w (last error: %v)", len(invs), ctx.Err(), err)
+			return st, fmt.Errorf("%s of %d invalidations: %w (last error: %v)", what, n, ctx.Err(), err)
 		}
 		if iv.cluster != nil {
 			// A failover or resharding moved slots: learn the new map
@@ -148,13 +159,13 @@ func (iv *Invalidator) Apply(ctx context.Context, invs []mapping.Invalidation) (
 			iv.cluster.ReloadState(ctx)
 		}
 		if time.Since(lastLog) > 10*time.Second {
-			iv.log.Warn("redis unavailable; retrying batch", zap.Error(err), zap.Int("attempt", st.Attempts), zap.Int("invalidations", len(invs)))
+			iv.log.Warn("redis unavailable; retrying "+what, zap.Error(err), zap.Int("attempt", st.Attempts), zap.Int("invalidations", n))
 			lastLog = time.Now()
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
 		select {
 		case <-ctx.Done():
-			return st, fmt.Errorf("apply %d invalidations: %w (last error: %v)", len(invs), ctx.Err(), err)
+			return st, fmt.Errorf("%s of %d invalidations: %w (last error: %v)", what, n, ctx.Err(), err)
 		case <-time.After(wait):
 		}
 		backoff = min(backoff*2, iv.opts.MaxBackoff)

@@ -15,8 +15,10 @@ import (
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/metrics"
 	"github.com/walbust/walbust/pipeline"
+	"github.com/walbust/walbust/replicas"
 	"github.com/walbust/walbust/replication"
 	"github.com/walbust/walbust/validate"
+	"github.com/walbust/walbust/visibility"
 )
 
 // daemon is everything run wires together.
@@ -24,8 +26,11 @@ type daemon struct {
 	*loaded
 	store   *checkpoint.File
 	inv     *invalidator.Invalidator
-	querier mapping.Querier
-	metrics *metrics.Metrics
+	visible *visibility.Checker
+	// replicas is nil unless fenced keys are fenced again after replica lag.
+	replicas *replicas.Watcher
+	querier  mapping.Querier
+	metrics  *metrics.Metrics
 }
 
 // runCommand streams until SIGINT/SIGTERM: then the batch in flight is
@@ -52,11 +57,22 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 		return err
 	}
 	d.inv, err = invalidator.New(invalidator.Options{Mode: l.cfg.Redis.Mode, URL: l.cfg.Redis.URL, SentinelMaster: l.cfg.Redis.SentinelMaster,
-		CAFile: l.cfg.Redis.CAFile, WaitReplicas: l.cfg.Redis.WaitReplicas, Logger: l.log.Named("redis"), OnResult: d.metrics.RedisResult})
+		CAFile: l.cfg.Redis.CAFile, WaitReplicas: l.cfg.Redis.WaitReplicas, EventsChannel: l.cfg.Events.Channel,
+		Logger: l.log.Named("redis"), OnResult: d.metrics.RedisResult})
 	if err != nil {
 		return usageError{err}
 	}
 	defer d.inv.Close()
+	d.visible = visibility.NewChecker(l.cfg.Postgres.URL)
+	defer d.visible.Close(context.WithoutCancel(ctx))
+	if r := l.cfg.Replicas; r.Enabled() {
+		opts := replicas.Options{URLs: r.URLs}
+		if r.FromPrimary {
+			opts.PrimaryURL = l.cfg.Postgres.URL
+		}
+		d.replicas = replicas.New(opts)
+		defer d.replicas.Close(context.WithoutCancel(ctx))
+	}
 	if hasQueries(l.reg) {
 		pool, err := lookup.New(ctx, lookup.Options{URL: l.cfg.Postgres.URL, Logger: l.log.Named("lookup"),
 			OnError: func(error) { d.metrics.LookupErrors.Inc() }})
@@ -100,10 +116,15 @@ func (d *daemon) stream(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p := pipeline.New(pipeline.Options{
+	opts := pipeline.Options{
 		Registry: d.reg, Querier: d.querier, Applier: d.inv, Store: d.store, Logger: d.log, Observer: d.metrics,
 		Checkpoint: stored, ShutdownGrace: d.cfg.ShutdownTimeout, MaxTxChanges: d.cfg.MaxTxChanges,
-	})
+		Visibility: d.visible, Events: d.inv, ReplicaWaitMax: d.cfg.Replicas.WaitMax,
+	}
+	if d.replicas != nil {
+		opts.Replicas = d.replicas // not assigned when nil: a nil *Watcher in the interface is not nil
+	}
+	p := pipeline.New(opts)
 	src := replication.NewStreamer(replication.Options{
 		URL: d.cfg.Postgres.URL, Slot: d.cfg.Postgres.Slot, Publication: d.cfg.Postgres.Publication,
 		StatusInterval: d.cfg.Postgres.StatusInterval, Logger: d.log.Named("replication"),
