@@ -195,7 +195,6 @@ log:
 	return nil
 }
 
-
 // walbust is one `walbust run` process.
 type walbust struct {
 	cmd  *exec.Cmd

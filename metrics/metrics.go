@@ -72,7 +72,7 @@ func New(version, slot string) *Metrics {
 		Unrendered:   f.counter("unrendered_keys_total", "Keys skipped because the replica identity did not send a value they need."),
 		OverflowedTxs: f.counter("overflowed_transactions_total",
 			"Transactions larger than max_tx_changes that fell back to on_truncate rules."),
-		SlotResyncs:     f.counter("slot_resyncs_total", "Times the slot was lost and recreated (on_slot_loss: resync)."),
+		SlotResyncs: f.counter("slot_resyncs_total", "Times the slot was lost and recreated (on_slot_loss: resync)."),
 		Refences: f.counterVec("refences_total",
 			"Batches whose fenced keys were fenced again, by reason: replayed (every replica caught up) or timeout (replica_wait_max).", "reason"),
 		RefencedKeys: f.counter("refenced_keys_total", "Keys and patterns fenced a second time after the replicas caught up."),
