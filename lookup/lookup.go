@@ -96,6 +96,10 @@ func (p *Pool) Lookup(ctx context.Context, sql string, args []any) ([]string, []
 }
 
 func (p *Pool) lookupOnce(ctx context.Context, sql string, args []any) ([]string, [][][]byte, error) {
+	// The statement timeout bounds the server; this bounds the network, so
+	// a half-open connection fails the attempt instead of hanging it.
+	ctx, cancel := context.WithTimeout(ctx, p.opts.StatementTimeout+5*time.Second)
+	defer cancel()
 	qargs := append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)
 	rows, err := p.pool.Query(ctx, sql, qargs...)
 	if err != nil {

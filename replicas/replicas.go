@@ -147,6 +147,10 @@ type conn struct {
 }
 
 func (c *conn) do(ctx context.Context, fn func(context.Context, *pgx.Conn) error) error {
+	// Bounded: an unreachable or half-open replica must not stall the
+	// poller (it counts as not caught up instead).
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	if c.c == nil || c.c.IsClosed() {
 		cc, err := pgx.Connect(ctx, c.url)
 		if err != nil {

@@ -105,6 +105,9 @@ func Visible(x uint32, xmax uint64, xip []uint64) bool {
 	return true
 }
 
+// queryTimeout bounds one snapshot query.
+const queryTimeout = 5 * time.Second
+
 // Checker waits for visibility over a connection of its own, opened on
 // first use and again after a failure. It remembers the last snapshot it
 // read: visibility only ever grows, so a transaction visible then is
@@ -128,13 +131,19 @@ func (c *Checker) Wait(ctx context.Context, xids []uint32) error {
 			return nil
 		}
 		if c.conn == nil || c.conn.IsClosed() {
-			conn, err := pgx.Connect(ctx, c.url)
+			cctx, cancel := context.WithTimeout(ctx, queryTimeout)
+			conn, err := pgx.Connect(cctx, c.url)
+			cancel()
 			if err != nil {
 				return fmt.Errorf("connect to check visibility: %w", err)
 			}
 			c.conn = conn
 		}
-		xmax, xip, err := snapshot(ctx, c.conn)
+		// Bounded: a half-open connection (a partition) must fail the
+		// query, so the pipeline retries on a new one, rather than hang.
+		qctx, cancel := context.WithTimeout(ctx, queryTimeout)
+		xmax, xip, err := snapshot(qctx, c.conn)
+		cancel()
 		if err != nil {
 			_ = c.conn.Close(context.WithoutCancel(ctx))
 			c.conn = nil
