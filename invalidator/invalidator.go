@@ -17,6 +17,7 @@ import (
 
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/protocol"
+	"github.com/walbust/walbust/replication"
 )
 
 // Options configures an Invalidator.
@@ -40,7 +41,7 @@ type Options struct {
 	KeysPerCommand int
 	// ScanCount is the COUNT hint of pattern SCANs.
 	ScanCount int64
-	// EventsChannel is where Publish sends events ("" disables).
+	// EventsChannel is where ApplyBatch publishes events ("" disables).
 	EventsChannel string
 	// OnResult is told the outcome of every attempt (nil: acknowledged),
 	// so an outage shows in metrics while the batch is still retrying.
@@ -115,17 +116,46 @@ func (iv *Invalidator) Ping(ctx context.Context) error {
 // exponential backoff until Redis acknowledges every command or ctx ends.
 // It returns nil only when every invalidation was acknowledged.
 func (iv *Invalidator) Apply(ctx context.Context, invs []mapping.Invalidation) (Stats, error) {
+	return iv.apply(ctx, invs, nil)
+}
+
+// ApplyBatch is Apply for the invalidations of the batch ending at lsn,
+// which it then publishes on the events channel (Options.EventsChannel) as
+// a protocol.Event: at least once, in order, and only once Redis has
+// applied them, so a subscriber that reloads at once misses in Redis too.
+// Without patterns (and in standalone or sentinel mode) the PUBLISH ends
+// the batch's own pipeline: one round trip for both.
+func (iv *Invalidator) ApplyBatch(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (Stats, error) {
+	if iv.opts.EventsChannel == "" || len(invs) == 0 {
+		return iv.apply(ctx, invs, nil)
+	}
+	ev := protocol.Event{LSN: uint64(lsn)}
+	for _, inv := range invs {
+		if inv.Pattern {
+			ev.Patterns = append(ev.Patterns, inv.Key)
+		} else {
+			ev.Keys = append(ev.Keys, inv.Key)
+		}
+	}
+	msg, err := ev.Marshal()
+	if err != nil {
+		return Stats{}, fmt.Errorf("encode event: %w", err)
+	}
+	return iv.apply(ctx, invs, msg)
+}
+
+func (iv *Invalidator) apply(ctx context.Context, invs []mapping.Invalidation, event []byte) (Stats, error) {
 	if len(invs) == 0 {
 		return Stats{}, nil
 	}
 	return iv.retrying(ctx, "batch", len(invs), func(st *Stats) error {
-		err := iv.applyOnce(ctx, invs, st)
+		err := iv.applyOnce(ctx, invs, event, st)
 		if isNoScript(err) {
 			// Redis restarted or SCRIPT FLUSH ran: EVALSHA inside a pipeline
 			// does not fall back to EVAL, so load the scripts and go again.
 			if err = iv.loadScripts(ctx); err == nil {
 				*st = Stats{Attempts: st.Attempts} // count the keys once
-				err = iv.applyOnce(ctx, invs, st)
+				err = iv.applyOnce(ctx, invs, event, st)
 			}
 		}
 		return err
@@ -172,7 +202,7 @@ func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt
 	}
 }
 
-func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidation, st *Stats) error {
+func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidation, event []byte, st *Stats) error {
 	iv.token = protocol.NewToken()
 	b := iv.newBatch()
 	var patterns []mapping.Invalidation
@@ -186,6 +216,13 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 		}
 		st.Keys++
 	}
+	// One pipeline on one connection runs in order: the event can ride
+	// along. A cluster pipeline runs on several nodes, and pattern scans
+	// and WAIT come after it, so then the event goes last, on its own.
+	if event != nil && len(patterns) == 0 && b.pipe != nil && iv.cluster == nil && iv.opts.WaitReplicas == 0 {
+		b.pipe.Publish(ctx, iv.opts.EventsChannel, event)
+		event = nil
+	}
 	if err := b.exec(ctx); err != nil {
 		return err
 	}
@@ -196,6 +233,11 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 		}
 		st.Patterns++
 		st.PatternMatches += n
+	}
+	if event != nil {
+		if err := iv.client.Publish(ctx, iv.opts.EventsChannel, event).Err(); err != nil {
+			return fmt.Errorf("publish event: %w", err)
+		}
 	}
 	return nil
 }

@@ -24,10 +24,11 @@ type Source interface {
 	Close(ctx context.Context, ack replication.Acknowledger) error
 }
 
-// Applier makes Redis reflect invalidations; nil means Redis acknowledged
-// all of them.
+// Applier makes Redis reflect invalidations of the batch ending at lsn and
+// tells subscribers (in-process caches) about them; nil means Redis
+// acknowledged all of it.
 type Applier interface {
-	Apply(ctx context.Context, invs []mapping.Invalidation) (invalidator.Stats, error)
+	ApplyBatch(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (invalidator.Stats, error)
 }
 
 // Store durably records the acknowledged position.
@@ -57,12 +58,6 @@ type Observer interface {
 // snapshots on the primary (see package visibility).
 type Visibility interface {
 	Wait(ctx context.Context, xids []uint32) error
-}
-
-// Publisher tells subscribers (in-process caches) about invalidations
-// Redis acknowledged, at least once and in order.
-type Publisher interface {
-	Publish(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) error
 }
 
 // Options configures a Pipeline.
@@ -96,8 +91,6 @@ type Options struct {
 	// sessions can see it, and a reader that missed then would cache the
 	// old row.
 	Visibility Visibility
-	// Events, when set, publishes every acknowledged chunk of invalidations.
-	Events Publisher
 	// Replicas, when set, makes fenced keys be fenced again once every
 	// replica has replayed the batch, or after ReplicaWaitMax.
 	Replicas       ReplicaWatcher
@@ -377,13 +370,10 @@ func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, 
 	for from := 0; from < plan.Len(); from += p.opts.ChunkInvalidations {
 		to := min(from+p.opts.ChunkInvalidations, plan.Len())
 		*invs = plan.AppendInvalidations((*invs)[:0], from, to)
-		st, err := p.opts.Applier.Apply(ctx, *invs)
+		st, err := p.opts.Applier.ApplyBatch(ctx, end, *invs)
 		b.Stats.Add(st)
 		if err != nil {
 			return fmt.Errorf("apply batch ending at %s: %w", end, err)
-		}
-		if err := p.publish(ctx, end, *invs); err != nil {
-			return err
 		}
 		if p.refence != nil {
 			for _, inv := range *invs {
@@ -406,16 +396,6 @@ func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, 
 	if ce := p.log.Check(zap.DebugLevel, "applied"); ce != nil {
 		ce.Write(zap.Stringer("end_lsn", end), zap.Uint32("xid", batch[len(batch)-1].Xid), zap.Int("txs", len(batch)),
 			zap.Int("changes", plan.Changes), zap.Int("keys", plan.Len()), zap.Int("unrendered", plan.Unrendered))
-	}
-	return nil
-}
-
-func (p *Pipeline) publish(ctx context.Context, end replication.LSN, invs []mapping.Invalidation) error {
-	if p.opts.Events == nil || len(invs) == 0 {
-		return nil
-	}
-	if err := p.opts.Events.Publish(ctx, end, invs); err != nil {
-		return fmt.Errorf("publish events for the batch ending at %s: %w", end, err)
 	}
 	return nil
 }

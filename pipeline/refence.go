@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -109,11 +110,8 @@ func (p *Pipeline) refenceDue(ctx context.Context) error {
 	due, timedOut := p.refence.due(time.Now())
 	for i, a := range due {
 		if a.fences != nil {
-			if _, err := p.opts.Applier.Apply(ctx, a.fences); err != nil {
-				return err
-			}
-			if err := p.publish(ctx, a.end, a.fences); err != nil {
-				return err
+			if _, err := p.opts.Applier.ApplyBatch(ctx, a.end, a.fences); err != nil {
+				return fmt.Errorf("fence again the batch ending at %s: %w", a.end, err)
 			}
 			if p.opts.Observer != nil {
 				p.opts.Observer.Refenced(len(a.fences), time.Since(a.since), timedOut[i])

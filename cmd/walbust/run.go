@@ -119,7 +119,7 @@ func (d *daemon) stream(ctx context.Context) error {
 	opts := pipeline.Options{
 		Registry: d.reg, Querier: d.querier, Applier: d.inv, Store: d.store, Logger: d.log, Observer: d.metrics,
 		Checkpoint: stored, ShutdownGrace: d.cfg.ShutdownTimeout, MaxTxChanges: d.cfg.MaxTxChanges,
-		Visibility: d.visible, Events: d.inv, ReplicaWaitMax: d.cfg.Replicas.WaitMax,
+		Visibility: d.visible, ReplicaWaitMax: d.cfg.Replicas.WaitMax,
 	}
 	if d.replicas != nil {
 		opts.Replicas = d.replicas // not assigned when nil: a nil *Watcher in the interface is not nil
@@ -214,7 +214,7 @@ func (d *daemon) slotLost(ctx context.Context, cause error) error {
 	for _, p := range plan.Problems {
 		d.log.Error("resync cannot invalidate a table's keys; flush them by hand", zap.String("table", p.Table), zap.String("problem", p.Msg))
 	}
-	st, err := d.inv.Apply(ctx, plan.Invalidations())
+	st, err := d.inv.ApplyBatch(ctx, lsn, plan.Invalidations())
 	if err != nil {
 		return fmt.Errorf("resync: %w", err)
 	}
