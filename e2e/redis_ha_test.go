@@ -145,10 +145,12 @@ func (f *faultRun) finish(stopWriters func(), retriesBefore, during int) {
 // grouped per slot) on 3 masters with a replica each; a master is killed
 // with kill -9 mid-stream, its replica is promoted, walbust retries until
 // it has learnt the new slot map, and the killed node then rejoins as a
-// replica.
+// replica. wait_replicas: 1, because Redis replicates asynchronously:
+// without it, an UNLINK the master acknowledged just before it died may
+// never have reached the replica, and the zero-miss check would be luck.
 func TestRedisClusterFailover(t *testing.T) {
 	cluster := startRedisCluster(t)
-	f, stop := haRun(t, faultOptions{cluster: cluster})
+	f, stop := haRun(t, faultOptions{cluster: cluster, redis: "wait_replicas: 1"})
 	ctx, cancel := context.WithTimeout(f.e.ctx, 2*time.Minute)
 	defer cancel()
 	m, err := cluster.MasterWithReplica(ctx)
@@ -157,7 +159,8 @@ func TestRedisClusterFailover(t *testing.T) {
 	}
 	retriesBefore := f.active.count(redisRetryMsg)
 	during := f.outage(m.Kill, func() error { return cluster.WaitFailover(ctx, m) })
-	f.injected("kill -9 of a cluster master, replica promoted")
+	// The promoted master has no replica to acknowledge its writes until
+	// the killed node is back as one: walbust holds the stream meanwhile.
 	f.pause()
 	if err := m.Restart(ctx); err != nil {
 		t.Fatal(err)
@@ -165,7 +168,7 @@ func TestRedisClusterFailover(t *testing.T) {
 	if err := cluster.WaitHealthy(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	f.injected("killed master back, as a replica")
+	f.injected("kill -9 of a cluster master, replica promoted, killed master back as its replica")
 	f.finish(stop, retriesBefore, during)
 }
 
@@ -274,10 +277,10 @@ func countKeys(t *testing.T, ctx context.Context, c *redis.ClusterClient, patter
 // TestRedisSentinelFailover: walbust in sentinel mode; the master is killed
 // with kill -9 mid-stream, the sentinels promote the replica, walbust's
 // retries carry the interrupted batches over to it, and the old master
-// comes back as a replica.
+// comes back as a replica. wait_replicas: 1, as in the cluster test.
 func TestRedisSentinelFailover(t *testing.T) {
 	s := startRedisSentinel(t)
-	f, stop := haRun(t, faultOptions{sentinel: s})
+	f, stop := haRun(t, faultOptions{sentinel: s, redis: "wait_replicas: 1"})
 	ctx, cancel := context.WithTimeout(f.e.ctx, 2*time.Minute)
 	defer cancel()
 	old, err := s.Master(ctx)
@@ -292,7 +295,8 @@ func TestRedisSentinelFailover(t *testing.T) {
 		}
 		return err
 	})
-	f.injected("kill -9 of the Sentinel-managed master, replica promoted")
+	// As in the cluster test, wait_replicas holds the stream until the old
+	// master is back as the new one's replica.
 	f.pause()
 	if err := s.RestartAsReplica(ctx, old); err != nil {
 		t.Fatal(err)
@@ -300,6 +304,6 @@ func TestRedisSentinelFailover(t *testing.T) {
 	if err := s.WaitHealthy(ctx); err != nil {
 		t.Fatal(err)
 	}
-	f.injected("old master back, as a replica")
+	f.injected("kill -9 of the Sentinel-managed master, replica promoted, old master back as its replica")
 	f.finish(stop, retriesBefore, during)
 }

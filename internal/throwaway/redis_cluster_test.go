@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func TestRedisCluster(t *testing.T) {
@@ -43,6 +47,10 @@ func TestRedisCluster(t *testing.T) {
 	if len(nodes) != 6 || masters != 3 {
 		t.Fatalf("%d nodes, %d masters with slots; want 6 and 3: %+v", len(nodes), masters, nodes)
 	}
+
+	// Replication is asynchronous: the writes must have reached the
+	// replicas before a master dies, or its replica rightly lacks them.
+	waitReplicated(t, ctx, cl)
 
 	// kill -9 a master: its replica takes over, and the cluster serves
 	// every key again (the ones on the dead master's slots from the replica).
@@ -150,5 +158,50 @@ func TestRedisSentinel(t *testing.T) {
 	t.Logf("old master back as a replica after %v", time.Since(begin).Round(time.Millisecond))
 	if m, err := s.Master(ctx); err != nil || m != promoted {
 		t.Errorf("master after the restart: %v (err %v), want %s", m, err, promoted.Addr())
+	}
+}
+
+// waitReplicated waits until every master's replicas have acknowledged its
+// whole replication stream (INFO replication: each slave's offset reaches
+// master_repl_offset).
+func waitReplicated(t *testing.T, ctx context.Context, cl *redis.ClusterClient) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		behind := ""
+		err := cl.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			info, err := m.Info(ctx, "replication").Result()
+			if err != nil {
+				return err
+			}
+			var master int64
+			var replicas []int64
+			for _, line := range strings.Split(info, "\r\n") {
+				if v, ok := strings.CutPrefix(line, "master_repl_offset:"); ok {
+					master, _ = strconv.ParseInt(v, 10, 64)
+				}
+				if strings.HasPrefix(line, "slave") {
+					for _, f := range strings.Split(line, ",") {
+						if v, ok := strings.CutPrefix(f, "offset="); ok {
+							n, _ := strconv.ParseInt(v, 10, 64)
+							replicas = append(replicas, n)
+						}
+					}
+				}
+			}
+			for _, r := range replicas {
+				if r < master {
+					behind = fmt.Sprintf("%s: replica at %d of %d", m.Options().Addr, r, master)
+				}
+			}
+			return nil
+		})
+		if err == nil && behind == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replicas did not catch up: %s %v", behind, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
