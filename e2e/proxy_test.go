@@ -137,6 +137,9 @@ func (p *tcpProxy) Cut() int {
 	pairs := make([]*proxyPair, 0, len(p.pairs))
 	for pair := range p.pairs {
 		pairs = append(pairs, pair)
+		// Forgotten now, not when serve notices: a Freeze right after must
+		// not count a connection that is already gone.
+		delete(p.pairs, pair)
 	}
 	p.mu.Unlock()
 	for _, pair := range pairs {

@@ -157,6 +157,18 @@ func b2i(b bool) int {
 	return 0
 }
 
+// SetVersion records version (the commit LSN) in every invalidation and
+// recorded lookup: it makes a transaction's plan one that can be applied
+// as it is, without merging (and so copying) it.
+func (p *Plan) SetVersion(version uint64) {
+	for i := range p.entries {
+		p.entries[i].version = version
+	}
+	for i := range p.pending {
+		p.pending[i].version = version
+	}
+}
+
 // Merge adds src's invalidations, lookups still to run, problems and counts;
 // version is src's commit LSN, which Bump actions record.
 func (p *Plan) Merge(src *Plan, version uint64) {

@@ -128,7 +128,7 @@ func New(opts Options) *Pipeline {
 		opts.QueueTxs = 1024
 	}
 	if opts.QueueBytes <= 0 {
-		opts.QueueBytes = 32 << 20
+		opts.QueueBytes = 16 << 20
 	}
 	if opts.ChunkInvalidations <= 0 {
 		opts.ChunkInvalidations = 8192
@@ -334,12 +334,22 @@ func (p *Pipeline) applyLoop(ctx context.Context, txs <-chan *replication.Transa
 	}
 }
 
-func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, plan *mapping.Plan, invs *[]mapping.Invalidation) error {
-	plan.Reset()
+func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, merged *mapping.Plan, invs *[]mapping.Invalidation) error {
+	plan := merged
+	if len(batch) == 1 {
+		// Alone, a transaction's plan is the batch's: a huge one is not
+		// copied.
+		plan = &batch[0].Sink.(*txPlan).plan
+		plan.SetVersion(uint64(batch[0].CommitLSN))
+	} else {
+		plan.Reset()
+	}
 	b := Batch{Txs: batch, Plan: plan}
 	for _, tx := range batch {
 		t := tx.Sink.(*txPlan)
-		plan.Merge(&t.plan, uint64(tx.CommitLSN))
+		if len(batch) > 1 {
+			plan.Merge(&t.plan, uint64(tx.CommitLSN))
+		}
 		if t.plan.Overflowed {
 			b.Overflowed++
 			p.log.Warn("transaction exceeded max_tx_changes; its further rows were covered by their tables' on_truncate rules",
