@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/walbust/walbust/internal/gomod"
 	"github.com/walbust/walbust/internal/throwaway"
 )
 
@@ -131,7 +132,7 @@ func newEnv(ctx context.Context, sc scale, binary string, keep bool, logf func(s
 		e.binary = filepath.Join(e.work, "walbust")
 		logf("building walbust")
 		build := exec.CommandContext(ctx, "go", "build", "-o", e.binary, "./cmd/walbust")
-		build.Dir, err = repoRoot(ctx)
+		build.Dir, err = gomod.Root(ctx, "go run ./bench")
 		if err != nil {
 			return e, err
 		}
@@ -272,18 +273,6 @@ func (e *env) close() {
 		}
 		os.RemoveAll(d)
 	}
-}
-
-func repoRoot(ctx context.Context) (string, error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("run the bench from inside the walbust module (go run ./bench)")
-	}
-	return filepath.Dir(mod), nil
 }
 
 func (e *env) exec(ctx context.Context, sql string, args ...any) error {

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/walbust/walbust/internal/gomod"
 	"github.com/walbust/walbust/internal/throwaway"
 	"github.com/walbust/walbust/protocol"
 )
@@ -92,7 +93,7 @@ func newEnv(ctx context.Context, cfg config, logf func(string, ...any)) (e *env,
 	if e.binary == "" {
 		e.binary = filepath.Join(e.work, "walbust")
 		logf("building walbust")
-		root, err := repoRoot(ctx)
+		root, err := gomod.Root(ctx, "go run ./consistency")
 		if err != nil {
 			return e, err
 		}
@@ -399,16 +400,4 @@ func (e *env) close() {
 		}
 		os.RemoveAll(d)
 	}
-}
-
-func repoRoot(ctx context.Context) (string, error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("run the harness from inside the walbust module (go run ./consistency)")
-	}
-	return filepath.Dir(mod), nil
 }

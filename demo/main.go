@@ -23,6 +23,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/walbust/walbust/internal/gomod"
 	"github.com/walbust/walbust/internal/throwaway"
 )
 
@@ -104,7 +105,7 @@ func main() {
 }
 
 func run(ctx context.Context) (err error) {
-	root, err := repoRoot(ctx)
+	root, err := gomod.Root(ctx, "go run ./demo")
 	if err != nil {
 		return err
 	}
@@ -391,18 +392,6 @@ func closeAndReport(what string, closeFn func() error) {
 	if err := closeFn(); err != nil {
 		fmt.Fprintf(os.Stderr, "demo: stop %s: %v\n", what, err)
 	}
-}
-
-func repoRoot(ctx context.Context) (string, error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("run the demo from inside the walbust repository (go run ./demo)")
-	}
-	return filepath.Dir(gomod), nil
 }
 
 func tail(path string, n int) string {

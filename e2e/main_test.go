@@ -10,12 +10,12 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/walbust/walbust/internal/gomod"
 	"github.com/walbust/walbust/internal/throwaway"
 )
 
@@ -57,7 +57,7 @@ func setUp() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var err error
-	if repoRoot, err = findRepoRoot(ctx); err != nil {
+	if repoRoot, err = gomod.Root(ctx, "go test ./e2e"); err != nil {
 		return err
 	}
 	binDir, err := os.MkdirTemp("", "walbust-e2e-bin-")
@@ -102,17 +102,4 @@ func tearDown() {
 			cleanups[i]()
 		}
 	})
-}
-
-// findRepoRoot asks the go command where the module's go.mod is.
-func findRepoRoot(ctx context.Context) (string, error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", fmt.Errorf("not inside the walbust module (go env GOMOD = %q)", gomod)
-	}
-	return filepath.Dir(gomod), nil
 }

@@ -102,8 +102,11 @@ func (c *RedisCluster) Addrs() []string {
 
 // URL is a go-redis cluster URL (redis.ParseClusterURL) naming every node
 // as a seed: redis://first?addr=second&addr=...
-func (c *RedisCluster) URL() string {
-	addrs := c.Addrs()
+func (c *RedisCluster) URL() string { return seedURL(c.Addrs()) }
+
+// seedURL is go-redis's form for several servers in one URL:
+// redis://first?addr=second&addr=...
+func seedURL(addrs []string) string {
 	u := "redis://" + addrs[0]
 	for i, a := range addrs[1:] {
 		sep := "&"

@@ -104,18 +104,7 @@ func (s *RedisSentinel) SentinelAddrs() []string {
 
 // URL is a go-redis failover URL (redis.ParseFailoverURL) naming every
 // sentinel: redis://first?addr=second&...; the master name is not in it.
-func (s *RedisSentinel) URL() string {
-	addrs := s.SentinelAddrs()
-	u := "redis://" + addrs[0]
-	for i, a := range addrs[1:] {
-		sep := "&"
-		if i == 0 {
-			sep = "?"
-		}
-		u += sep + "addr=" + a
-	}
-	return u
-}
+func (s *RedisSentinel) URL() string { return seedURL(s.SentinelAddrs()) }
 
 // Client returns a client that follows the master through failovers; the
 // caller closes it.
