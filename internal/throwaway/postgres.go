@@ -113,18 +113,25 @@ func StartPostgres(ctx context.Context, dir string, opts ...PostgresOption) (*Po
 	if err := p.initdb(ctx); err != nil {
 		return nil, err
 	}
-	// The free port may be taken between FreePort and postgres binding it;
-	// that race is rare, so a few attempts with fresh ports settle it.
+	if err := p.startOnFreePort(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// startOnFreePort starts the server on a free port. The port may be taken
+// between FreePort and postgres binding it; that race is rare, so a few
+// attempts with fresh ports settle it.
+func (p *Postgres) startOnFreePort(ctx context.Context) error {
 	for attempt := 0; ; attempt++ {
-		if p.port, err = FreePort(); err != nil {
-			return nil, err
+		port, err := FreePort()
+		if err != nil {
+			return err
 		}
+		p.port = port
 		err = p.start(ctx)
-		if err == nil {
-			return p, nil
-		}
-		if attempt >= 2 || !logContains(p.logPath, "could not bind") {
-			return nil, err
+		if err == nil || attempt >= 2 || !logContains(p.logPath, "could not bind") {
+			return err
 		}
 	}
 }

@@ -119,18 +119,13 @@ func (s *RedisSentinel) Master(ctx context.Context) (*Redis, error) {
 		if !sn.Running() {
 			continue
 		}
-		c := redis.NewSentinelClient(&redis.Options{Addr: sn.Addr()})
-		addr, err := c.GetMasterAddrByName(ctx, s.name).Result()
-		c.Close()
+		hostPort, d, err := s.masterOf(ctx, sn)
 		if err != nil {
 			last = err
 			continue
 		}
-		hostPort := net.JoinHostPort(addr[0], addr[1])
-		for _, d := range s.data {
-			if d.Addr() == hostPort {
-				return d, nil
-			}
+		if d != nil {
+			return d, nil
 		}
 		return nil, fmt.Errorf("sentinel %s names %s as master, which is not one of ours", sn.Addr(), hostPort)
 	}
@@ -221,6 +216,24 @@ func (s *RedisSentinel) WaitHealthy(ctx context.Context) error {
 	})
 }
 
+// masterOf asks one sentinel for the master's address, and returns the
+// data node at it (nil if none of ours is).
+func (s *RedisSentinel) masterOf(ctx context.Context, sn *Redis) (string, *Redis, error) {
+	c := redis.NewSentinelClient(&redis.Options{Addr: sn.Addr()})
+	addr, err := c.GetMasterAddrByName(ctx, s.name).Result()
+	c.Close()
+	if err != nil {
+		return "", nil, fmt.Errorf("sentinel %s: %w", sn.Addr(), err)
+	}
+	hostPort := net.JoinHostPort(addr[0], addr[1])
+	for _, d := range s.data {
+		if d.Addr() == hostPort {
+			return hostPort, d, nil
+		}
+	}
+	return hostPort, nil, nil
+}
+
 // agreedMaster is the master every running sentinel names, if they agree
 // and it runs and says it is a master.
 func (s *RedisSentinel) agreedMaster(ctx context.Context) (*Redis, string) {
@@ -229,21 +242,14 @@ func (s *RedisSentinel) agreedMaster(ctx context.Context) (*Redis, string) {
 		if !sn.Running() {
 			continue
 		}
-		c := redis.NewSentinelClient(&redis.Options{Addr: sn.Addr()})
-		addr, err := c.GetMasterAddrByName(ctx, s.name).Result()
-		c.Close()
+		hostPort, d, err := s.masterOf(ctx, sn)
 		if err != nil {
-			return nil, fmt.Sprintf("sentinel %s: %v", sn.Addr(), err)
+			return nil, err.Error()
 		}
-		hostPort := net.JoinHostPort(addr[0], addr[1])
 		if master != nil && master.Addr() != hostPort {
 			return nil, "the sentinels disagree on the master"
 		}
-		for _, d := range s.data {
-			if d.Addr() == hostPort {
-				master = d
-			}
-		}
+		master = d
 		if master == nil {
 			return nil, "the sentinels name an unknown master " + hostPort
 		}

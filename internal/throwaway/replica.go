@@ -48,16 +48,8 @@ func StartReplica(ctx context.Context, dir string, primary *Postgres, opts ...Po
 	if _, err := os.Stat(filepath.Join(p.data, "standby.signal")); err != nil {
 		return nil, fmt.Errorf("pg_basebackup -R wrote no standby.signal: %w", err)
 	}
-	for attempt := 0; ; attempt++ {
-		if p.port, err = FreePort(); err != nil {
-			return nil, err
-		}
-		err = p.start(ctx)
-		if err == nil {
-			return p, nil
-		}
-		if attempt >= 2 || !logContains(p.logPath, "could not bind") {
-			return nil, err
-		}
+	if err := p.startOnFreePort(ctx); err != nil {
+		return nil, err
 	}
+	return p, nil
 }
