@@ -94,6 +94,9 @@ const (
 // Checkpoint says where the durable LSN is kept.
 type Checkpoint struct {
 	Path string
+	// RetryTimeout bounds how long failing saves are retried (not ready
+	// meanwhile) before walbust exits non-zero for its supervisor.
+	RetryTimeout time.Duration
 }
 
 // Log configures logging.
@@ -135,6 +138,7 @@ func (c *Config) settings() []setting {
 		{path: "redis.wait_replicas", flag: "redis-wait-replicas", env: "WALBUST_REDIS_WAIT_REPLICAS", num: &c.Redis.WaitReplicas, usage: "replicas of each master that must acknowledge a batch before it is confirmed (0: do not wait)"},
 		{path: "deps", flag: "deps", env: "WALBUST_DEPS", str: &c.Deps, file: true, usage: "dependency registry (deps.yaml)"},
 		{path: "checkpoint.path", flag: "checkpoint", env: "WALBUST_CHECKPOINT", str: &c.Checkpoint.Path, file: true, usage: "checkpoint file"},
+		{path: "checkpoint.retry_timeout", flag: "checkpoint-retry-timeout", env: "WALBUST_CHECKPOINT_RETRY_TIMEOUT", dur: &c.Checkpoint.RetryTimeout, usage: "how long failing checkpoint saves are retried before walbust exits non-zero"},
 		{path: "on_slot_loss", flag: "on-slot-loss", env: "WALBUST_ON_SLOT_LOSS", str: &c.OnSlotLoss, usage: "when the slot is missing or lost: fail or resync"},
 		{path: "max_tx_changes", flag: "max-tx-changes", env: "WALBUST_MAX_TX_CHANGES", num: &c.MaxTxChanges, usage: "row changes kept per transaction before falling back to on_truncate rules"},
 		{path: "shutdown_timeout", flag: "shutdown-timeout", env: "WALBUST_SHUTDOWN_TIMEOUT", dur: &c.ShutdownTimeout, usage: "how long a stop waits for the batch in flight"},
@@ -157,7 +161,7 @@ func Defaults() *Config {
 		},
 		Redis:           Redis{Mode: ModeStandalone, URL: "redis://localhost:6379/0"},
 		Deps:            "deps.yaml",
-		Checkpoint:      Checkpoint{Path: "walbust.checkpoint"},
+		Checkpoint:      Checkpoint{Path: "walbust.checkpoint", RetryTimeout: time.Minute},
 		Log:             Log{Format: "json", Level: "info"},
 		OnSlotLoss:      "fail",
 		MaxTxChanges:    100000,
@@ -400,6 +404,9 @@ func (c *Config) validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("shutdown_timeout must be positive"))
+	}
+	if c.Checkpoint.RetryTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("checkpoint.retry_timeout must be positive"))
 	}
 	if !validIdentifier(c.Postgres.Publication) {
 		errs = append(errs, fmt.Errorf("postgres.publication %q: use lower-case letters, digits and underscores", c.Postgres.Publication))

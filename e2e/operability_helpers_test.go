@@ -46,6 +46,7 @@ type opsConfig struct {
 	pgExtra    []string
 	redisExtra []string
 	extra      []string // top-level YAML lines
+	checkpoint []string // lines under checkpoint:, after its path
 }
 
 // opsWriteConfig replaces walbust.yaml. Strings are double-quoted, so URLs with
@@ -74,7 +75,11 @@ func (e *env) opsWriteConfig(c opsConfig) {
 	for _, l := range c.redisExtra {
 		fmt.Fprintf(&b, "  %s\n", l)
 	}
-	fmt.Fprintf(&b, "deps: deps.yaml\ncheckpoint:\n  path: checkpoint\nlog:\n  level: debug\nlisten: %s\n", strconv.Quote(c.listen))
+	fmt.Fprintf(&b, "deps: deps.yaml\ncheckpoint:\n  path: checkpoint\n")
+	for _, l := range c.checkpoint {
+		fmt.Fprintf(&b, "  %s\n", l)
+	}
+	fmt.Fprintf(&b, "log:\n  level: debug\nlisten: %s\n", strconv.Quote(c.listen))
 	for _, l := range c.extra {
 		fmt.Fprintf(&b, "%s\n", l)
 	}

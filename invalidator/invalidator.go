@@ -43,8 +43,10 @@ type Options struct {
 	ScanCount int64
 	// EventsChannel is where ApplyBatch publishes events ("" disables).
 	EventsChannel string
-	// OnResult is told the outcome of every attempt (nil: acknowledged),
-	// so an outage shows in metrics while the batch is still retrying.
+	// OnResult is told the outcome of every attempt to apply a batch (nil:
+	// acknowledged), so an outage shows in metrics while the batch is still
+	// retrying. Pings are not reported: a server that answers PING may
+	// still refuse every command walbust sends.
 	OnResult func(error)
 }
 
@@ -102,9 +104,6 @@ func (iv *Invalidator) Ping(ctx context.Context) error {
 		err = iv.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return c.Ping(ctx).Err() })
 	} else {
 		err = iv.client.Ping(ctx).Err()
-	}
-	if iv.opts.OnResult != nil {
-		iv.opts.OnResult(err)
 	}
 	if err != nil {
 		return fmt.Errorf("redis ping: %w", err)

@@ -47,6 +47,7 @@ type Metrics struct {
 	Ready              prometheus.Gauge
 	RedisAvailable     prometheus.Gauge
 	StreamingConnected prometheus.Gauge
+	Stalls             *prometheus.GaugeVec // cause
 
 	version, slot string
 	state         state
@@ -89,11 +90,13 @@ func New(version, slot string) *Metrics {
 		ReplicationLag:     f.gauge("replication_lag_bytes", "Server WAL end minus the position confirmed to Postgres."),
 		SlotWALStatus:      f.gaugeVec("slot_wal_status", "1 for the slot's current wal_status.", "status"),
 		SlotSafeWALSize:    f.gauge("slot_safe_wal_size_bytes", "WAL that can still be written before the slot is lost (NaN: unlimited)."),
-		Ready:              f.gauge("ready", "1 when streaming and Redis is reachable."),
-		RedisAvailable:     f.gauge("redis_up", "1 when the last Redis operation succeeded."),
+		Ready:              f.gauge("ready", "1 when streaming, Redis applies batches and nothing stalls the pipeline."),
+		RedisAvailable:     f.gauge("redis_up", "1 when the last batch sent to Redis was applied (and the last health check answered)."),
 		StreamingConnected: f.gauge("streaming", "1 while connected to the replication slot."),
-		version:            version,
-		slot:               slot,
+		Stalls: f.gaugeVec("stalled", "1 while the pipeline cannot acknowledge anything new, by cause "+
+			"(lookup, visibility, checkpoint, replicas); see /status for the error.", "cause"),
+		version: version,
+		slot:    slot,
 	}
 	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "walbust", Name: "build_info", Help: "Build information.",
@@ -160,6 +163,9 @@ func (m *Metrics) InitSeries(tables []string) {
 		for _, kind := range [2]string{"key", "pattern"} {
 			m.Keys.WithLabelValues(a.String(), kind)
 		}
+	}
+	for _, cause := range []string{"lookup", "visibility", "checkpoint"} {
+		m.Stalls.WithLabelValues(cause)
 	}
 	m.Refences.WithLabelValues("replayed")
 	m.Refences.WithLabelValues("timeout")

@@ -23,8 +23,9 @@ func (m *Metrics) Handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if ready, why := m.ready(); !ready {
-			http.Error(w, why, http.StatusServiceUnavailable)
+		if ready, why, since := m.ready(); !ready {
+			http.Error(w, fmt.Sprintf("not ready since %s (%s): %s", since.UTC().Format(time.RFC3339), time.Since(since).Round(time.Second), why),
+				http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")

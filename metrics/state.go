@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +17,8 @@ type Status struct {
 	RedisUp        bool      `json:"redis_up"`
 	Ready          bool      `json:"ready"`
 	NotReadyReason string    `json:"not_ready_reason,omitempty"`
+	NotReadySince  time.Time `json:"not_ready_since,omitzero"`
+	Stalls         []Stall   `json:"stalls,omitempty"`
 	CheckpointLSN  string    `json:"checkpoint_lsn"`
 	ConfirmedLSN   string    `json:"confirmed_lsn"`
 	ServerWALEnd   string    `json:"server_wal_end"`
@@ -24,41 +28,107 @@ type Status struct {
 	RedisError     string    `json:"redis_error,omitempty"`
 }
 
+// Stall is one reason the pipeline cannot acknowledge anything new.
+type Stall struct {
+	Cause string    `json:"cause"`
+	Error string    `json:"error"`
+	Since time.Time `json:"since"`
+}
+
 // state tracks what readiness and /status need.
 type state struct {
-	mu           sync.Mutex
-	streaming    bool
-	redisUp      bool
-	redisErr     string
-	checkpoint   replication.LSN
-	confirmed    replication.LSN
-	serverWALEnd replication.LSN
-	lastCommit   time.Time
-	transactions uint64
+	mu             sync.Mutex
+	streaming      bool
+	streamingSince time.Time // when streaming last changed
+	redisUp        bool
+	redisErr       string
+	redisSince     time.Time // when redisUp last changed
+	// redisDownByBatch: the last batch attempt failed. Only a batch that
+	// succeeds clears it: a PING answers while Redis refuses commands
+	// (NOPERM, OOM, READONLY), so a ping must not make walbust look ready.
+	redisDownByBatch bool
+	stalls           map[string]Stall
+	checkpoint       replication.LSN
+	confirmed        replication.LSN
+	serverWALEnd     replication.LSN
+	lastCommit       time.Time
+	transactions     uint64
 }
 
 // Connected implements the streamer's OnConnected hook.
 func (m *Metrics) Connected(up bool) {
 	m.state.mu.Lock()
+	if m.state.streaming != up || m.state.streamingSince.IsZero() {
+		m.state.streamingSince = time.Now()
+	}
 	m.state.streaming = up
 	m.state.mu.Unlock()
 	m.StreamingConnected.Set(b2f(up))
 	m.updateReady()
 }
 
-// RedisResult implements the invalidator's OnResult hook.
+// RedisResult implements the invalidator's OnResult hook: the outcome of
+// every attempt to apply a batch.
 func (m *Metrics) RedisResult(err error) {
 	m.state.mu.Lock()
-	m.state.redisUp = err == nil
+	m.setRedis(err)
+	m.state.redisDownByBatch = err != nil
+	m.state.mu.Unlock()
+	if err != nil {
+		m.RedisErrors.Inc()
+	}
+	m.updateReady()
+}
+
+// PingResult records a health-check PING. A failed ping marks Redis down;
+// a ping that answers marks it up only if no batch is failing.
+func (m *Metrics) PingResult(err error) {
+	m.state.mu.Lock()
+	if err != nil || !m.state.redisDownByBatch {
+		m.setRedis(err)
+	}
+	m.state.mu.Unlock()
+	m.updateReady()
+}
+
+// setRedis is called with state.mu held.
+func (m *Metrics) setRedis(err error) {
+	up := err == nil
+	if m.state.redisUp != up || m.state.redisSince.IsZero() {
+		m.state.redisSince = time.Now()
+	}
+	m.state.redisUp = up
 	m.state.redisErr = ""
 	if err != nil {
 		m.state.redisErr = err.Error()
 	}
-	m.state.mu.Unlock()
-	m.RedisAvailable.Set(b2f(err == nil))
-	if err != nil {
-		m.RedisErrors.Inc()
+	m.RedisAvailable.Set(b2f(up))
+}
+
+// Stalled implements pipeline.Health: cause keeps the pipeline from
+// acknowledging anything new until Recovered(cause).
+func (m *Metrics) Stalled(cause string, err error) {
+	m.state.mu.Lock()
+	if m.state.stalls == nil {
+		m.state.stalls = map[string]Stall{}
 	}
+	s, ok := m.state.stalls[cause]
+	if !ok {
+		s = Stall{Cause: cause, Since: time.Now()}
+	}
+	s.Error = err.Error()
+	m.state.stalls[cause] = s
+	m.state.mu.Unlock()
+	m.Stalls.WithLabelValues(cause).Set(1)
+	m.updateReady()
+}
+
+// Recovered implements pipeline.Health.
+func (m *Metrics) Recovered(cause string) {
+	m.state.mu.Lock()
+	delete(m.state.stalls, cause)
+	m.state.mu.Unlock()
+	m.Stalls.WithLabelValues(cause).Set(0)
 	m.updateReady()
 }
 
@@ -75,30 +145,58 @@ func (m *Metrics) Reported(serverWALEnd, confirmed replication.LSN) {
 }
 
 func (m *Metrics) updateReady() {
-	ready, _ := m.ready()
+	ready, _, _ := m.ready()
 	m.Ready.Set(b2f(ready))
 }
 
-func (m *Metrics) ready() (bool, string) {
+// ready says whether walbust is applying what it receives and, if not,
+// why and since when.
+func (m *Metrics) ready() (bool, string, time.Time) {
 	m.state.mu.Lock()
 	defer m.state.mu.Unlock()
-	switch {
-	case !m.state.streaming:
-		return false, "not streaming from the replication slot"
-	case !m.state.redisUp:
-		return false, "redis unreachable: " + m.state.redisErr
+	s := &m.state
+	var why []string
+	var since time.Time
+	add := func(reason string, t time.Time) {
+		why = append(why, reason)
+		if since.IsZero() || t.Before(since) {
+			since = t
+		}
 	}
-	return true, ""
+	if !s.streaming {
+		add("not streaming from the replication slot", s.streamingSince)
+	}
+	if !s.redisUp {
+		add("redis: "+s.redisErr, s.redisSince)
+	}
+	for _, st := range s.sortedStalls() {
+		add(st.Cause+": "+st.Error, st.Since)
+	}
+	if len(why) == 0 {
+		return true, "", time.Time{}
+	}
+	return false, strings.Join(why, "; "), since
+}
+
+// sortedStalls is called with state.mu held.
+func (s *state) sortedStalls() []Stall {
+	out := make([]Stall, 0, len(s.stalls))
+	for _, st := range s.stalls {
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Cause < out[j].Cause })
+	return out
 }
 
 // Snapshot returns the current Status.
 func (m *Metrics) Snapshot() Status {
-	ready, why := m.ready()
+	ready, why, since := m.ready()
 	m.state.mu.Lock()
 	defer m.state.mu.Unlock()
 	s := &m.state
 	st := Status{
 		Version: m.version, Slot: m.slot, Streaming: s.streaming, RedisUp: s.redisUp, Ready: ready, NotReadyReason: why,
+		NotReadySince: since, Stalls: s.sortedStalls(),
 		CheckpointLSN: s.checkpoint.String(), ConfirmedLSN: s.confirmed.String(), ServerWALEnd: s.serverWALEnd.String(),
 		LastCommitTime: s.lastCommit, Transactions: s.transactions, RedisError: s.redisErr,
 	}

@@ -3,8 +3,11 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/walbust/walbust/replication"
 )
@@ -21,6 +24,10 @@ type checkpointer struct {
 	store    Store
 	kick     chan struct{}
 	interval time.Duration
+	// retryFor bounds how long saves may keep failing before run gives up.
+	retryFor time.Duration
+	health   Health
+	log      *zap.Logger
 
 	mu         sync.Mutex
 	appliedLSN replication.LSN // applied to Redis
@@ -29,8 +36,9 @@ type checkpointer struct {
 	savedTxs   uint64
 }
 
-func newCheckpointer(store Store, start replication.LSN) *checkpointer {
-	return &checkpointer{store: store, kick: make(chan struct{}, 1), interval: 100 * time.Millisecond, appliedLSN: start, savedLSN: start}
+func newCheckpointer(store Store, start replication.LSN, retryFor time.Duration, health Health, log *zap.Logger) *checkpointer {
+	return &checkpointer{store: store, kick: make(chan struct{}, 1), interval: 100 * time.Millisecond,
+		retryFor: retryFor, health: health, log: log, appliedLSN: start, savedLSN: start}
 }
 
 // applied records that Redis acknowledged everything up to lsn, txs more
@@ -69,10 +77,55 @@ func (c *checkpointer) run(ctx context.Context) error {
 			}
 		}
 		last = time.Now()
-		if err := c.flush(); err != nil {
+		if err := c.flushRetrying(ctx); err != nil {
 			return err
 		}
 	}
+}
+
+// flushRetrying saves, retrying a failing save (a full or read-only disk)
+// with capped backoff while Health reports the stall, for at most retryFor.
+// Redis keeps being invalidated meanwhile; only acknowledgements stop.
+func (c *checkpointer) flushRetrying(ctx context.Context) error {
+	var first time.Time
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := c.flush()
+		if err == nil {
+			if attempt > 1 {
+				c.health.Recovered(StallCheckpoint)
+				c.log.Info("checkpoint saved again", zap.String("path", storePath(c.store)), zap.Int("attempts", attempt))
+			}
+			return nil
+		}
+		if first.IsZero() {
+			first = time.Now()
+		}
+		c.health.Stalled(StallCheckpoint, err)
+		failing := time.Since(first)
+		if failing >= c.retryFor {
+			return fmt.Errorf("checkpoint %s could not be saved for %s (checkpoint.retry_timeout); exiting so a supervisor restarts walbust "+
+				"once the disk is fixed: %w", storePath(c.store), failing.Round(time.Millisecond), err)
+		}
+		wait := min(backoff/2+rand.N(backoff/2+1), c.retryFor-failing)
+		c.log.Error("cannot save the checkpoint; nothing is acknowledged to Postgres until it is saved, retrying",
+			zap.String("path", storePath(c.store)), zap.Error(err), zap.Int("attempt", attempt),
+			zap.Duration("failing_for", failing.Round(time.Millisecond)), zap.Duration("gives_up_after", c.retryFor), zap.Duration("retry_in", wait))
+		select {
+		case <-ctx.Done():
+			return nil // the final flush in Pipeline.Run tries once more
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// storePath names the store in logs, when it has a path.
+func storePath(s Store) string {
+	if p, ok := s.(interface{ Path() string }); ok {
+		return p.Path()
+	}
+	return fmt.Sprintf("%T", s)
 }
 
 // flush saves the applied position if it is newer than the saved one.

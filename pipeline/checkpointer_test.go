@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/walbust/walbust/checkpoint"
 	"github.com/walbust/walbust/replication"
@@ -50,7 +54,7 @@ func waitSave(t *testing.T, s *gatedStore) replication.LSN {
 // takes them all at once, and nothing is acknowledged before it is saved.
 func TestCheckpointerCoalescesAndAcknowledgesOnlySaved(t *testing.T) {
 	store := newGatedStore(t)
-	c := newCheckpointer(store, 100)
+	c := newCheckpointer(store, 100, time.Minute, noHealth{}, zap.NewNop())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.run(ctx) }()
@@ -91,23 +95,98 @@ func TestCheckpointerCoalescesAndAcknowledgesOnlySaved(t *testing.T) {
 	}
 }
 
-func TestCheckpointerSaveErrorStopsIt(t *testing.T) {
+// healthLog records what the pipeline told Health.
+type healthLog struct {
+	mu     sync.Mutex
+	stalls map[string]error
+	events []string
+}
+
+func (h *healthLog) Stalled(cause string, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stalls == nil {
+		h.stalls = map[string]error{}
+	}
+	h.stalls[cause] = err
+	h.events = append(h.events, "stalled:"+cause)
+}
+
+func (h *healthLog) Recovered(cause string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.stalls, cause)
+	h.events = append(h.events, "recovered:"+cause)
+}
+
+func (h *healthLog) stalled(cause string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, ok := h.stalls[cause]
+	return ok
+}
+
+// A failing save is retried, reported as a stall meanwhile, and nothing is
+// acknowledged until a save succeeds.
+func TestCheckpointerRetriesFailingSave(t *testing.T) {
 	store := newGatedStore(t)
-	c := newCheckpointer(store, 0)
+	health := &healthLog{}
+	c := newCheckpointer(store, 0, time.Minute, health, zap.NewNop())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- c.run(context.Background()) }()
+	go func() { done <- c.run(ctx) }()
 	c.applied(10, 1)
 	waitSave(t, store)
 	store.gate <- errors.New("disk full")
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Error("run returned nil after a failed save")
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("run went on after a failed save")
+	if lsn := waitSave(t, store); lsn != 10 {
+		t.Fatalf("retry saved %s, want 0/A", lsn)
+	}
+	if !health.stalled(StallCheckpoint) {
+		t.Error("a failed save was not reported as a checkpoint stall")
 	}
 	if lsn, _ := c.acknowledged(); lsn != 0 {
 		t.Errorf("acknowledged %s after the save failed", lsn)
+	}
+	store.gate <- nil
+	deadline := time.Now().Add(10 * time.Second)
+	for lsn, _ := c.acknowledged(); lsn != 10; lsn, _ = c.acknowledged() {
+		if time.Now().After(deadline) {
+			t.Fatalf("acknowledged %s after the retry succeeded, want 0/A", lsn)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if health.stalled(StallCheckpoint) {
+		t.Error("still stalled after the save succeeded")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("run: %v", err)
+	}
+}
+
+// Saves that keep failing end run with an error once retryFor has passed,
+// so the daemon exits for its supervisor instead of hanging.
+func TestCheckpointerGivesUpAfterRetryTimeout(t *testing.T) {
+	store := newGatedStore(t)
+	c := newCheckpointer(store, 0, 300*time.Millisecond, &healthLog{}, zap.NewNop())
+	done := make(chan error, 1)
+	go func() { done <- c.run(context.Background()) }()
+	c.applied(10, 1)
+	go func() {
+		for range store.start {
+			store.gate <- errors.New("read-only file system")
+		}
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "read-only file system") || !strings.Contains(err.Error(), "checkpoint.retry_timeout") {
+			t.Errorf("run returned %v, want the save error and the setting that bounds the retries", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run went on retrying past its retry timeout")
+	}
+	if lsn, _ := c.acknowledged(); lsn != 0 {
+		t.Errorf("acknowledged %s although no save succeeded", lsn)
 	}
 }

@@ -60,6 +60,21 @@ type Visibility interface {
 	Wait(ctx context.Context, xids []uint32) error
 }
 
+// Health is told why the pipeline cannot acknowledge anything new (a
+// lookup, visibility or checkpoint that keeps failing) and when it can
+// again, so readiness and status name the cause instead of looking fine.
+type Health interface {
+	Stalled(cause string, err error)
+	Recovered(cause string)
+}
+
+// Stall causes reported to Health.
+const (
+	StallLookup     = "lookup"
+	StallVisibility = "visibility"
+	StallCheckpoint = "checkpoint"
+)
+
 // Options configures a Pipeline.
 type Options struct {
 	Registry *mapping.Registry
@@ -67,6 +82,7 @@ type Options struct {
 	Applier  Applier
 	Store    Store
 	Observer Observer // optional
+	Health   Health   // optional
 	Logger   *zap.Logger
 	// Checkpoint is the stored position at start.
 	Checkpoint replication.LSN
@@ -86,6 +102,10 @@ type Options struct {
 	ChunkInvalidations int
 	// ShutdownGrace bounds how long a stop waits for the batch in flight.
 	ShutdownGrace time.Duration
+	// CheckpointRetry bounds how long failing checkpoint saves are retried
+	// before Run gives up with an error: a supervisor's restart is better
+	// than a daemon that invalidates but can never acknowledge.
+	CheckpointRetry time.Duration
 	// Visibility, when set, holds each batch until the primary shows its
 	// transactions: Postgres may stream a commit a moment before other
 	// sessions can see it, and a reader that missed then would cache the
@@ -136,12 +156,18 @@ func New(opts Options) *Pipeline {
 	if opts.ShutdownGrace <= 0 {
 		opts.ShutdownGrace = 30 * time.Second
 	}
+	if opts.CheckpointRetry <= 0 {
+		opts.CheckpointRetry = time.Minute
+	}
+	if opts.Health == nil {
+		opts.Health = noHealth{}
+	}
 	p := &Pipeline{
 		opts: opts, log: opts.Logger,
 		mapper:   mapping.NewMapper(opts.Registry, nil),
 		resolver: mapping.NewMapper(opts.Registry, opts.Querier),
 		budget:   semaphore.NewWeighted(opts.QueueBytes),
-		ckpt:     newCheckpointer(opts.Store, opts.Checkpoint),
+		ckpt:     newCheckpointer(opts.Store, opts.Checkpoint, opts.CheckpointRetry, opts.Health, opts.Logger),
 		warned:   map[string]bool{},
 	}
 	p.mapper.MaxTxChanges = opts.MaxTxChanges
@@ -301,6 +327,10 @@ func (p *Pipeline) applyLoop(ctx context.Context, txs <-chan *replication.Transa
 				return err
 			}
 			continue
+		case <-ctx.Done():
+			// Run gave up on the stream (a fatal error elsewhere, or the
+			// shutdown grace ran out): txs may never be closed.
+			return ctx.Err()
 		}
 		// Take whatever else is already queued: batching when behind,
 		// immediate application when idle.
@@ -362,13 +392,13 @@ func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, 
 		for i, tx := range batch {
 			xids[i] = tx.Xid
 		}
-		if err := p.retry(ctx, end, "cannot check that the batch is visible on the primary", func() error {
+		if err := p.retry(ctx, end, StallVisibility, "cannot check that the batch is visible on the primary", func() error {
 			return p.opts.Visibility.Wait(ctx, xids)
 		}); err != nil {
 			return err
 		}
 	}
-	if err := p.retry(ctx, end, "cannot derive invalidations", func() error {
+	if err := p.retry(ctx, end, StallLookup, "cannot derive invalidations", func() error {
 		return p.resolver.Resolve(ctx, plan)
 	}); err != nil {
 		return err
@@ -412,18 +442,25 @@ func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, 
 
 // retry runs fn until it succeeds or ctx ends, with backoff. A lookup or
 // visibility query that fails stalls the stream rather than dropping
-// invalidations: the batch is never acknowledged in between.
-func (p *Pipeline) retry(ctx context.Context, end replication.LSN, what string, fn func() error) error {
+// invalidations: the batch is never acknowledged in between, and Health
+// hears of the stall under cause until fn succeeds.
+func (p *Pipeline) retry(ctx context.Context, end replication.LSN, cause, what string, fn func() error) error {
 	backoff := 500 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err := fn()
 		if err == nil {
+			if attempt > 1 {
+				p.opts.Health.Recovered(cause)
+				p.log.Info(cause+" recovered; batch continues", zap.Stringer("end_lsn", end), zap.Int("attempts", attempt))
+			}
 			return nil
 		}
+		p.opts.Health.Stalled(cause, err)
 		if ctx.Err() != nil {
 			return fmt.Errorf("batch ending at %s: %w", end, err)
 		}
-		p.log.Error(what+"; batch not acknowledged, retrying", zap.Error(err), zap.Int("attempt", attempt), zap.Duration("retry_in", backoff))
+		p.log.Error(what+"; batch not acknowledged, retrying", zap.Error(err), zap.String("cause", cause),
+			zap.Stringer("end_lsn", end), zap.Int("attempt", attempt), zap.Duration("retry_in", backoff))
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("batch ending at %s: %w", end, err)
@@ -447,3 +484,8 @@ func (p *Pipeline) CheckRelation(rel *replication.Relation) {
 			zap.String("fix", fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL", rel.QualifiedName())))
 	}
 }
+
+type noHealth struct{}
+
+func (noHealth) Stalled(string, error) {}
+func (noHealth) Recovered(string)      {}

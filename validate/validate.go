@@ -121,6 +121,10 @@ func checkQuery(ctx context.Context, conn *pgx.Conn, file, table string, r *mapp
 	if len(desc.ParamOIDs) != len(q.Args) {
 		at(q.Position, "%s %s: query takes %d parameter(s) but args lists %d", table, r.Name, len(desc.ParamOIDs), len(q.Args))
 	}
+	if err := checkQueryPrivileges(ctx, conn, q.SQL, len(desc.ParamOIDs)); err != nil {
+		at(q.Position, "%s %s: walbust's role may not run this query, so every change of every table would stall behind it: %v "+
+			"(fix: GRANT SELECT ON each table it reads TO the role in postgres.url)", table, r.Name, err)
+	}
 	have := map[string]bool{}
 	var names []string
 	for _, f := range desc.Fields {
@@ -136,6 +140,18 @@ func checkQuery(ctx context.Context, conn *pgx.Conn, file, table string, r *mapp
 		}
 	}
 	return ps
+}
+
+// checkQueryPrivileges plans sql with NULL arguments. PREPARE does not
+// check privileges but planning for EXPLAIN does, without running the query.
+func checkQueryPrivileges(ctx context.Context, conn *pgx.Conn, sql string, params int) error {
+	args := make([]any, params)
+	rows, err := conn.Query(ctx, "EXPLAIN "+sql, args...)
+	if err != nil {
+		return err
+	}
+	rows.Close()
+	return rows.Err()
 }
 
 func identityName(b byte) string {

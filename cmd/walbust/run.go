@@ -43,6 +43,7 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 	if err := l.requireShard("run"); err != nil {
 		return err
 	}
+	defer shutdownBackstop(ctx, l.cfg.ShutdownTimeout, l.log)()
 	defer func() {
 		// The daemon's last word goes to the structured log too, so log
 		// pipelines see why it stopped.
@@ -117,9 +118,9 @@ func (d *daemon) stream(ctx context.Context) error {
 		return err
 	}
 	opts := pipeline.Options{
-		Registry: d.reg, Querier: d.querier, Applier: d.inv, Store: d.store, Logger: d.log, Observer: d.metrics,
-		Checkpoint: stored, ShutdownGrace: d.cfg.ShutdownTimeout, MaxTxChanges: d.cfg.MaxTxChanges,
-		Visibility: d.visible, ReplicaWaitMax: d.cfg.Replicas.WaitMax,
+		Registry: d.reg, Querier: d.querier, Applier: d.inv, Store: d.store, Logger: d.log, Observer: d.metrics, Health: d.metrics,
+		Checkpoint: stored, ShutdownGrace: stopGrace(d.cfg.ShutdownTimeout), CheckpointRetry: d.cfg.Checkpoint.RetryTimeout,
+		MaxTxChanges: d.cfg.MaxTxChanges, Visibility: d.visible, ReplicaWaitMax: d.cfg.Replicas.WaitMax,
 	}
 	if d.replicas != nil {
 		opts.Replicas = d.replicas // not assigned when nil: a nil *Watcher in the interface is not nil

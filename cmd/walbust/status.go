@@ -144,6 +144,10 @@ func printStatus(w io.Writer, slotName, publication, listen string, rep *statusR
 		state := "ready"
 		if !d.Ready {
 			state = "NOT READY: " + d.NotReadyReason
+			if !d.NotReadySince.IsZero() {
+				state = fmt.Sprintf("NOT READY for %s (since %s): %s", time.Since(d.NotReadySince).Round(time.Second),
+					d.NotReadySince.UTC().Format(time.RFC3339), d.NotReadyReason)
+			}
 		}
 		last := "never"
 		if !d.LastCommitTime.IsZero() {

@@ -25,11 +25,13 @@ func every(ctx context.Context, interval time.Duration, fn func(context.Context)
 	}
 }
 
-// pingRedis keeps readiness honest while no batch is being applied.
+// pingRedis notices an outage while no batch is being applied. Only a
+// batch that succeeds makes walbust ready again after a failed one (see
+// metrics.PingResult).
 func (d *daemon) pingRedis(ctx context.Context) {
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	_ = d.inv.Ping(pctx) // the outcome reaches metrics through OnResult
+	d.metrics.PingResult(d.inv.Ping(pctx))
 }
 
 // lazyConn is a SQL connection that is opened on first use and again after
