@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -30,6 +31,13 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// The fast tier (go test -short ./...) is unit tests with fakes;
+		// this suite needs real servers and minutes. Said, not silent.
+		fmt.Fprintln(os.Stderr, "e2e: -short: not running the end-to-end suite (real Postgres and Redis); `make test` runs it")
+		os.Exit(0)
+	}
 	code := 1
 	if err := setUp(); err != nil {
 		// Never skip: a missing service means the suite proved nothing.
