@@ -47,6 +47,7 @@ type Metrics struct {
 	Ready              prometheus.Gauge
 	RedisAvailable     prometheus.Gauge
 	StreamingConnected prometheus.Gauge
+	reloads            reloadMetrics
 
 	version, slot string
 	state         state
@@ -95,6 +96,7 @@ func New(version, slot string) *Metrics {
 		version:            version,
 		slot:               slot,
 	}
+	m.reloads = newReloadMetrics(f)
 	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "walbust", Name: "build_info", Help: "Build information.",
 		ConstLabels: prometheus.Labels{"version": version}})
