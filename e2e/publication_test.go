@@ -3,7 +3,9 @@ package e2e
 import (
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -149,4 +151,68 @@ func (e *env) dropSlotWhenFree() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestDroppedPublicationWhileStopped: the publication is dropped while
+// walbust is stopped (on_slot_loss: resync). At start walbust sees it
+// missing behind a checkpoint, waits not ready (and a SIGTERM then is a
+// clean stop), and once `walbust setup` re-creates it, resyncs before
+// streaming.
+func TestDroppedPublicationWhileStopped(t *testing.T) {
+	e := newEnv(t, envOptions{seed: defaultSeed, noStart: true})
+	e.opsWriteConfig(opsConfig{extra: []string{"on_slot_loss: resync"}})
+	e.start()
+	e.fence()
+	e.stop()
+	e.exec("DROP PUBLICATION " + e.name)
+	e.exec("UPDATE products SET price_cents = price_cents + 1 WHERE id = 2")
+	covered := []string{"product:2", "category:3:products"}
+	e.cache(append(covered, "session:abc")...)
+
+	offset := e.opsLogSize()
+	e.launch()
+	e.regWaitLog(offset, `waiting for the publication`, publicationTimeout)
+	e.assertRunning()
+	e.stop() // requires exit 0
+
+	offset = e.opsLogSize()
+	e.launch()
+	e.regWaitLog(offset, `waiting for the publication`, publicationTimeout)
+	e.assertPresent(covered...)
+	if out, code := e.walbust("setup"); code != 0 {
+		t.Fatalf("walbust setup exited %d:\n%s", code, out)
+	}
+	e.regWaitLog(offset, `"msg":"resync complete"`, publicationTimeout)
+	e.regWaitLog(offset, `"msg":"streaming"`, publicationTimeout)
+	e.waitGone(covered...)
+	e.assertPresent("session:abc")
+	e.cache("product:3")
+	e.exec("UPDATE products SET price_cents = price_cents + 1 WHERE id = 3")
+	e.waitGone("product:3")
+}
+
+// launch starts `walbust run` without waiting for it to stream (start
+// does), for runs that wait on something first.
+func (e *env) launch() {
+	e.t.Helper()
+	if e.proc != nil {
+		e.t.Fatal("launch: walbust is already running")
+	}
+	logFile, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(binary, "run", "--config", e.configPath)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatalf("start walbust run: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(done)
+	}()
+	e.proc, e.procDone = cmd, done
 }
