@@ -24,14 +24,14 @@ func TestDroppedPublicationFail(t *testing.T) {
 	e.fence()
 	e.exec("DROP PUBLICATION " + e.name)
 	e.exec("UPDATE products SET price_cents = price_cents + 1 WHERE id = 1")
-	code := e.waitExit(publicationTimeout)
+	code := e.pubWaitExit(publicationTimeout)
 	if code == 0 {
 		t.Fatal("walbust exited 0 after its publication was dropped")
 	}
 	msg := lastLine(e.log())
 	wants := []string{`publication "` + e.name + `" was dropped`, "re-creating the publication does not help", "on_slot_loss: resync",
 		"pg_drop_replication_slot('" + e.name + "')", e.checkpoint, "walbust setup"}
-	e.requireMentions("exit message", msg, wants...)
+	e.pubMentions("exit message", msg, wants...)
 	t.Logf("exit code %d, message:\n%s", code, msg)
 
 	// Restarted with the publication still missing: the same diagnosis,
@@ -40,7 +40,7 @@ func TestDroppedPublicationFail(t *testing.T) {
 	if code == 0 {
 		t.Fatalf("walbust run exited 0 without its publication:\n%s", out)
 	}
-	e.requireMentions("preflight message", lastLine(out), wants...)
+	e.pubMentions("preflight message", lastLine(out), wants...)
 
 	// The publication alone does not help: the slot still fails at the drop.
 	if out, code := e.walbust("setup"); code != 0 {
@@ -50,10 +50,10 @@ func TestDroppedPublicationFail(t *testing.T) {
 	if code == 0 {
 		t.Fatalf("walbust run exited 0 on a slot that cannot decode past the drop:\n%s", out)
 	}
-	e.requireMentions("message after re-creating the publication", lastLine(out), wants...)
+	e.pubMentions("message after re-creating the publication", lastLine(out), wants...)
 
 	// The fix as the message gives it.
-	e.dropSlotWhenFree()
+	e.pubDropSlotWhenFree()
 	if err := os.Remove(e.checkpoint); err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestDroppedPublicationResync(t *testing.T) {
 	e.cache(append(covered, unrelated...)...)
 
 	waiting := e.regWaitLog(offset, `.*waiting for the publication.*`, publicationTimeout)
-	e.requireMentions("waiting line", waiting, `does not exist`, "run `walbust setup`")
+	e.pubMentions("waiting line", waiting, `does not exist`, "run `walbust setup`")
 	e.assertRunning()
 	if code, body, err := opsGet(base + "/readyz"); err != nil || code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz while the publication is missing: %d %q (err %v), want 503", code, body, err)
@@ -114,8 +114,8 @@ func TestDroppedPublicationResync(t *testing.T) {
 	e.assertRunning()
 }
 
-// waitExit waits for `walbust run` to exit by itself and returns its code.
-func (e *env) waitExit(timeout time.Duration) int {
+// pubWaitExit waits for `walbust run` to exit by itself and returns its code.
+func (e *env) pubWaitExit(timeout time.Duration) int {
 	e.t.Helper()
 	select {
 	case <-e.procDone:
@@ -127,7 +127,7 @@ func (e *env) waitExit(timeout time.Duration) int {
 	return code
 }
 
-func (e *env) requireMentions(what, text string, wants ...string) {
+func (e *env) pubMentions(what, text string, wants ...string) {
 	e.t.Helper()
 	for _, w := range wants {
 		if !strings.Contains(text, w) {
@@ -136,9 +136,9 @@ func (e *env) requireMentions(what, text string, wants ...string) {
 	}
 }
 
-// dropSlotWhenFree drops the test's slot once the walsender of the run that
+// pubDropSlotWhenFree drops the test's slot once the walsender of the run that
 // just exited has let go of it.
-func (e *env) dropSlotWhenFree() {
+func (e *env) pubDropSlotWhenFree() {
 	e.t.Helper()
 	deadline := time.Now().Add(stopTimeout)
 	for {
@@ -170,13 +170,13 @@ func TestDroppedPublicationWhileStopped(t *testing.T) {
 	e.cache(append(covered, "session:abc")...)
 
 	offset := e.opsLogSize()
-	e.launch()
+	e.pubLaunch()
 	e.regWaitLog(offset, `waiting for the publication`, publicationTimeout)
 	e.assertRunning()
 	e.stop() // requires exit 0
 
 	offset = e.opsLogSize()
-	e.launch()
+	e.pubLaunch()
 	e.regWaitLog(offset, `waiting for the publication`, publicationTimeout)
 	e.assertPresent(covered...)
 	if out, code := e.walbust("setup"); code != 0 {
@@ -191,9 +191,9 @@ func TestDroppedPublicationWhileStopped(t *testing.T) {
 	e.waitGone("product:3")
 }
 
-// launch starts `walbust run` without waiting for it to stream (start
+// pubLaunch starts `walbust run` without waiting for it to stream (start
 // does), for runs that wait on something first.
-func (e *env) launch() {
+func (e *env) pubLaunch() {
 	e.t.Helper()
 	if e.proc != nil {
 		e.t.Fatal("launch: walbust is already running")

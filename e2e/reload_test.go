@@ -41,7 +41,7 @@ func TestReloadSIGHUP(t *testing.T) {
 	e.assertPresent("product:v2:1")
 
 	e.writeFile("deps.yaml", withV2)
-	e.reloadOK(base, 1)
+	e.reloadApplied(base, 1)
 	e.cache("product:v2:1")
 	e.exec("UPDATE products SET price_cents = price_cents + 1 WHERE id = 1")
 	e.waitGone("product:v2:1")
@@ -75,7 +75,7 @@ func TestReloadSIGHUP(t *testing.T) {
 	if out, code := e.walbust("setup"); code != 0 {
 		t.Fatalf("walbust setup exited %d:\n%s", code, out)
 	}
-	e.reloadOK(base, 2)
+	e.reloadApplied(base, 2)
 	var id int64
 	e.queryRow("INSERT INTO audit_log (note) VALUES ('reloaded') RETURNING id", []any{&id})
 	e.cache("audit:" + strconv.FormatInt(id, 10))
@@ -85,9 +85,9 @@ func TestReloadSIGHUP(t *testing.T) {
 	// Cleanup stops it with SIGTERM and requires exit 0, as before SIGHUP.
 }
 
-// sighup sends SIGHUP to the running walbust and returns the log offset
+// reloadSignal sends SIGHUP to the running walbust and returns the log offset
 // from which its reload is reported.
-func (e *env) sighup() int64 {
+func (e *env) reloadSignal() int64 {
 	e.t.Helper()
 	offset := e.opsLogSize()
 	if err := e.proc.Process.Signal(syscall.SIGHUP); err != nil {
@@ -96,11 +96,11 @@ func (e *env) sighup() int64 {
 	return offset
 }
 
-// reloadOK sends SIGHUP and waits for the reload to be applied, the n-th
+// reloadApplied sends SIGHUP and waits for the reload to be applied, the n-th
 // successful one.
-func (e *env) reloadOK(base string, n int) {
+func (e *env) reloadApplied(base string, n int) {
 	e.t.Helper()
-	offset := e.sighup()
+	offset := e.reloadSignal()
 	e.regWaitLog(offset, `"msg":"(deps registry reloaded[^"]*|deps registry reload refused[^"]*)"`, reloadTimeout)
 	if lines := e.regLogLines(offset, "reload refused"); len(lines) > 0 {
 		e.t.Fatalf("reload refused:\n%s", lines[0])
@@ -119,7 +119,7 @@ func (e *env) reloadOK(base string, n int) {
 // its log line.
 func (e *env) reloadRefused(base string, n int) string {
 	e.t.Helper()
-	offset := e.sighup()
+	offset := e.reloadSignal()
 	e.regWaitLog(offset, `"msg":"(deps registry reloaded[^"]*|deps registry reload refused[^"]*)"`, reloadTimeout)
 	lines := e.regLogLines(offset, "deps registry reload refused; the running registry stays in use")
 	if len(lines) == 0 {
