@@ -52,7 +52,7 @@ func TestReloadSIGHUP(t *testing.T) {
 		name, deps string
 		want       []string // in the refusal's log line
 	}{
-		{"yaml error", withV2 + "  public.categories: [unclosed\n", []string{`deps.yaml:\d+`}},
+		{"yaml error", withV2 + "  public.categories: [unclosed\n", []string{`deps\.yaml:\d+:\d+: invalid YAML`}},
 		{"missing column", strings.Replace(withV2, `"product:v2:{id}"`, `"product:v2:{no_such_column}"`, 1),
 			[]string{`deps.yaml:\d+:\d+: `, `no column \\"no_such_column\\"`}},
 		{"unpublished table", withV2 + "  public.audit_log:\n    keys: [\"audit:{id}\"]\n",
@@ -61,6 +61,7 @@ func TestReloadSIGHUP(t *testing.T) {
 	for i, c := range refused {
 		e.writeFile("deps.yaml", c.deps)
 		line := e.reloadRefused(base, i+1)
+		t.Logf("%s: %s", c.name, line)
 		for _, re := range c.want {
 			if !regexp.MustCompile(re).MatchString(line) {
 				t.Errorf("%s: the refusal does not match %q:\n%s", c.name, re, line)

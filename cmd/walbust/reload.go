@@ -109,7 +109,7 @@ func (r *reloader) check(ctx context.Context) (*mapping.Registry, error) {
 	}
 	if len(unpublished) > 0 {
 		return nil, fmt.Errorf("%s names %s, which publication %q does not publish, so their changes would never reach walbust: "+
-			"run `walbust setup` first (it adds them to the publication), then reload again:\n%w", reg.File, strings.Join(unpublished, ", "), pub, problems)
+			"run `walbust setup` first (it adds them to the publication), then reload again (SIGHUP):\n%w", reg.File, strings.Join(unpublished, ", "), pub, problems)
 	}
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("%s does not match the database (see `walbust validate`):\n%w", reg.File, problems)
