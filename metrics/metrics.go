@@ -48,6 +48,7 @@ type Metrics struct {
 	RedisAvailable     prometheus.Gauge
 	StreamingConnected prometheus.Gauge
 	Stalls             *prometheus.GaugeVec // cause
+	reloads            reloadMetrics
 
 	version, slot string
 	state         state
@@ -98,6 +99,7 @@ func New(version, slot string) *Metrics {
 		version: version,
 		slot:    slot,
 	}
+	m.reloads = newReloadMetrics(f)
 	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "walbust", Name: "build_info", Help: "Build information.",
 		ConstLabels: prometheus.Labels{"version": version}})

@@ -129,6 +129,7 @@ type Pipeline struct {
 	plans    sync.Pool
 	ckpt     *checkpointer
 	refence  *refencer // nil without replicas
+	swap     registrySwap
 
 	warned map[string]bool // identity-gap warnings already given, per table/column
 }
@@ -196,7 +197,9 @@ func (t *txPlan) Add(c *replication.Change) { t.mapper.MapChange(c, &t.plan) }
 
 // NewSink gives each transaction a plan to map into (replication.Options.NewSink).
 func (p *Pipeline) NewSink() replication.Sink {
+	p.takeRegistry() // a transaction's begin: the one safe moment to switch
 	if t, ok := p.plans.Get().(*txPlan); ok {
+		t.mapper = p.mapper
 		return t
 	}
 	return &txPlan{mapper: p.mapper}
@@ -473,7 +476,7 @@ func (p *Pipeline) retry(ctx context.Context, end replication.LSN, cause, what s
 // CheckRelation warns, once per table and column, when the table's replica
 // identity does not send old values that its key templates need.
 func (p *Pipeline) CheckRelation(rel *replication.Relation) {
-	for _, gap := range p.opts.Registry.IdentityGaps(rel) {
+	for _, gap := range p.registry().IdentityGaps(rel) {
 		id := rel.QualifiedName() + "." + gap.Name
 		if p.warned[id] {
 			continue

@@ -390,6 +390,9 @@ func (s *Streamer) closeConn() {
 func classify(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
+		if isPublicationMissing(pgErr) {
+			return fmt.Errorf("%w: %w: %w", ErrSlotLost, ErrPublicationMissing, err)
+		}
 		if isSlotLoss(pgErr) {
 			return fmt.Errorf("%w: %w", ErrSlotLost, err)
 		}

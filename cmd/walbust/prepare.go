@@ -54,19 +54,29 @@ func loadWith(fs *flag.FlagSet, loader *config.Loader, args []string, stderr io.
 	if err != nil {
 		return nil, usageError{err}
 	}
+	reg, err := loadRegistry(cfg)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return &loaded{cfg: cfg, reg: reg, log: log}, nil
+}
+
+// loadRegistry reads deps.yaml as cfg names it, keeping the shard's tables;
+// at start and on every reload.
+func loadRegistry(cfg *config.Config) (*mapping.Registry, error) {
 	reg, err := mapping.Load(cfg.Deps)
 	if err != nil {
-		return nil, usageError{fmt.Errorf("deps registry:\n%w", err)}
+		return nil, fmt.Errorf("deps registry:\n%w", err)
 	}
 	if err := cfg.CheckShards(reg.Names()); err != nil {
-		return nil, usageError{fmt.Errorf("config: %w", err)}
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	if cfg.Tables != nil {
 		if reg, err = reg.Only(cfg.Tables); err != nil {
-			return nil, usageError{fmt.Errorf("shard %s: %w", cfg.Shard, err)}
+			return nil, fmt.Errorf("shard %s: %w", cfg.Shard, err)
 		}
 	}
-	return &loaded{cfg: cfg, reg: reg, log: log}, nil
+	return reg, nil
 }
 
 // targets is what setup, validate and teardown act on: every shard when

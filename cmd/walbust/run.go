@@ -31,6 +31,7 @@ type daemon struct {
 	replicas *replicas.Watcher
 	querier  mapping.Querier
 	metrics  *metrics.Metrics
+	reload   *reloader // owns the registry in use from start on
 }
 
 // runCommand streams until SIGINT/SIGTERM: then the batch in flight is
@@ -54,6 +55,8 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 	}()
 	d := &daemon{loaded: l, metrics: metrics.New(version, l.cfg.Postgres.Slot)}
 	d.metrics.InitSeries(l.reg.Names())
+	d.reload = newReloader(d)
+	defer d.reload.stop()
 	if d.store, err = checkpoint.Open(l.cfg.Checkpoint.Path); err != nil {
 		return err
 	}
@@ -74,15 +77,15 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 		d.replicas = replicas.New(opts)
 		defer d.replicas.Close(context.WithoutCancel(ctx))
 	}
-	if hasQueries(l.reg) {
-		pool, err := lookup.New(ctx, lookup.Options{URL: l.cfg.Postgres.URL, Logger: l.log.Named("lookup"),
-			OnError: func(error) { d.metrics.LookupErrors.Inc() }})
-		if err != nil {
-			return err
-		}
-		defer pool.Close()
-		d.querier = pool
+	// Always, even without lookup queries: a reload may add the first one,
+	// and the pool connects only on first use.
+	pool, err := lookup.New(ctx, lookup.Options{URL: l.cfg.Postgres.URL, Logger: l.log.Named("lookup"),
+		OnError: func(error) { d.metrics.LookupErrors.Inc() }})
+	if err != nil {
+		return err
 	}
+	defer pool.Close()
+	d.querier = pool
 	if l.cfg.Listen != "" {
 		addr, _, err := d.metrics.Listen(ctx, l.cfg.Listen)
 		if err != nil {
@@ -91,11 +94,12 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 		l.log.Info("serving metrics", zap.String("addr", addr.String()))
 	}
 	if err := d.preflight(ctx); err != nil {
-		return err
+		return stoppedCleanly(ctx, err)
 	}
 	bg, stopBackground := context.WithCancel(ctx)
 	defer stopBackground()
 	go every(bg, 2*time.Second, d.pingRedis)
+	go d.reload.run(bg)
 	go every(bg, 15*time.Second, (&slotWatcher{d: d, conn: lazyConn{url: l.cfg.Postgres.URL}}).poll)
 	if l.cfg.Postgres.HeartbeatInterval > 0 {
 		go every(bg, l.cfg.Postgres.HeartbeatInterval, (&heartbeat{d: d, conn: lazyConn{url: l.cfg.Postgres.URL}}).beat)
@@ -106,7 +110,7 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 			return err
 		}
 		if err := d.slotLost(ctx, err); err != nil {
-			return err
+			return stoppedCleanly(ctx, err)
 		}
 	}
 }
@@ -125,7 +129,7 @@ func (d *daemon) stream(ctx context.Context) error {
 	if d.replicas != nil {
 		opts.Replicas = d.replicas // not assigned when nil: a nil *Watcher in the interface is not nil
 	}
-	p := pipeline.New(opts)
+	p := d.reload.newPipeline(opts)
 	src := replication.NewStreamer(replication.Options{
 		URL: d.cfg.Postgres.URL, Slot: d.cfg.Postgres.Slot, Publication: d.cfg.Postgres.Publication,
 		StatusInterval: d.cfg.Postgres.StatusInterval, Logger: d.log.Named("replication"),
@@ -134,7 +138,7 @@ func (d *daemon) stream(ctx context.Context) error {
 	}, stored)
 	d.log.Info("starting", zap.String("version", version), zap.String("shard", d.cfg.Shard), zap.String("slot", d.cfg.Postgres.Slot),
 		zap.String("redis_mode", d.cfg.Redis.Mode),
-		zap.Stringer("checkpoint_lsn", stored), zap.String("checkpoint", d.store.Path()), zap.Int("tables", len(d.reg.Tables)))
+		zap.Stringer("checkpoint_lsn", stored), zap.String("checkpoint", d.store.Path()), zap.Int("tables", len(d.reload.registry().Tables)))
 	return p.Run(ctx, src)
 }
 
@@ -146,6 +150,9 @@ func (d *daemon) preflight(ctx context.Context) error {
 		return err
 	}
 	defer closeQuietly(ctx, conn)
+	if err := d.checkPublication(ctx, conn); err != nil {
+		return err
+	}
 	problems, err := validate.Registry(ctx, conn, d.reg, d.cfg.Postgres.Publication)
 	if err != nil {
 		return err
@@ -192,9 +199,17 @@ func (d *daemon) preflight(ctx context.Context) error {
 // change falls between the invalidation and the new slot's start.
 func (d *daemon) slotLost(ctx context.Context, cause error) error {
 	if d.cfg.OnSlotLoss != "resync" {
+		if errors.Is(cause, replication.ErrPublicationMissing) {
+			return d.publicationLostError(cause)
+		}
 		return fmt.Errorf("%w\nChanges may have been missed, so caches fed by these tables may be stale. Either set on_slot_loss: resync "+
 			"(recreates the slot and applies every table's on_truncate rules), or flush the affected caches, remove the checkpoint file %s "+
 			"and run `walbust setup`", cause, d.store.Path())
+	}
+	if errors.Is(cause, replication.ErrPublicationMissing) {
+		if err := d.awaitPublication(ctx); err != nil {
+			return err
+		}
 	}
 	d.log.Error("replication slot lost; resyncing: recreating the slot and invalidating everything derived from published tables",
 		zap.Error(cause), zap.String("slot", d.cfg.Postgres.Slot))
@@ -211,7 +226,7 @@ func (d *daemon) slotLost(ctx context.Context, cause error) error {
 		return err
 	}
 	var plan mapping.Plan
-	mapping.NewMapper(d.reg, nil).MapEverything(uint64(lsn), &plan)
+	mapping.NewMapper(d.reload.registry(), nil).MapEverything(uint64(lsn), &plan)
 	for _, p := range plan.Problems {
 		d.log.Error("resync cannot invalidate a table's keys; flush them by hand", zap.String("table", p.Table), zap.String("problem", p.Msg))
 	}
