@@ -95,7 +95,7 @@ func New(version, slot string) *Metrics {
 		RedisAvailable:     f.gauge("redis_up", "1 when the last batch sent to Redis was applied (and the last health check answered)."),
 		StreamingConnected: f.gauge("streaming", "1 while connected to the replication slot."),
 		Stalls: f.gaugeVec("stalled", "1 while the pipeline cannot acknowledge anything new, by cause "+
-			"(lookup, visibility, checkpoint, replicas); see /status for the error.", "cause"),
+			"(lookup, visibility, checkpoint, publication); see /status for the error.", "cause"),
 		version: version,
 		slot:    slot,
 	}
@@ -166,7 +166,7 @@ func (m *Metrics) InitSeries(tables []string) {
 			m.Keys.WithLabelValues(a.String(), kind)
 		}
 	}
-	for _, cause := range []string{"lookup", "visibility", "checkpoint"} {
+	for _, cause := range []string{"lookup", "visibility", "checkpoint", "publication"} {
 		m.Stalls.WithLabelValues(cause)
 	}
 	m.Refences.WithLabelValues("replayed")

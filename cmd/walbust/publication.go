@@ -56,11 +56,13 @@ func (d *daemon) awaitPublication(ctx context.Context) error {
 	for attempt := 1; ; attempt++ {
 		problem, err := d.publicationProblem(ctx)
 		if err == nil && problem == "" {
+			d.metrics.Recovered("publication")
 			return nil
 		}
 		if err != nil {
 			problem = err.Error()
 		}
+		d.metrics.Stalled("publication", fmt.Errorf("%s; run `walbust setup`", problem))
 		d.log.Error("cannot re-create the replication slot yet: waiting for the publication (not ready)",
 			zap.String("publication", pub), zap.String("problem", problem), zap.String("fix", "run `walbust setup`"),
 			zap.Int("attempt", attempt), zap.Duration("retry_in", backoff))
