@@ -30,6 +30,9 @@ type Options struct {
 	// of the URL's master_name.
 	SentinelMaster string
 	CAFile         string // PEM roots for rediss://
+	// CertFile and KeyFile: the client certificate (PEM) a server with
+	// tls-auth-clients asks for, sent to sentinels and data nodes alike.
+	CertFile, KeyFile string
 	// WaitReplicas: a batch counts as acknowledged only once this many
 	// replicas of every master it wrote to have it (WAIT), so a failover
 	// cannot undo an invalidation walbust has confirmed. 0: do not wait.
