@@ -58,6 +58,7 @@ type Invalidator struct {
 	cluster *redis.ClusterClient // client, in cluster mode; nil otherwise
 	opts    Options
 	log     *zap.Logger
+	behind  behind // a batch held for want of replicas, until one is confirmed
 	// token is written into every tombstone of one attempt. A new one per
 	// attempt: a retry or a replay re-fences with a token no reader has
 	// observed, which can only make more fills fail, never fewer.
@@ -107,7 +108,11 @@ func (iv *Invalidator) Ping(ctx context.Context) error {
 		err = iv.client.Ping(ctx).Err()
 	}
 	if iv.opts.OnResult != nil {
-		iv.opts.OnResult(err)
+		held := iv.behind.get()
+		if err != nil || held == nil {
+			held = err
+		}
+		iv.opts.OnResult(held)
 	}
 	if err != nil {
 		return fmt.Errorf("redis ping: %w", err)
@@ -174,6 +179,7 @@ func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt
 	for {
 		st = Stats{Attempts: st.Attempts + 1}
 		err := attempt(&st)
+		iv.behind.note(err)
 		if iv.opts.OnResult != nil {
 			iv.opts.OnResult(err)
 		}
@@ -192,7 +198,11 @@ func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt
 			iv.cluster.ReloadState(ctx)
 		}
 		if time.Since(lastLog) > 10*time.Second {
-			iv.log.Warn("redis unavailable; retrying "+what, zap.Error(err), zap.Int("attempt", st.Attempts), zap.Int("invalidations", n))
+			msg := "redis unavailable; retrying " + what
+			if errors.Is(err, ErrTooFewReplicas) {
+				msg = "redis replicas behind wait_replicas; holding the stream, retrying " + what
+			}
+			iv.log.Warn(msg, zap.Error(err), zap.Int("attempt", st.Attempts), zap.Int("invalidations", n))
 			lastLog = time.Now()
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)

@@ -1,9 +1,11 @@
 package metrics
 
 import (
+	"errors"
 	"sync"
 	"time"
 
+	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/replication"
 )
 
@@ -30,6 +32,7 @@ type state struct {
 	streaming    bool
 	redisUp      bool
 	redisErr     string
+	redisBehind  bool // redisErr is a master's replicas falling short of wait_replicas
 	checkpoint   replication.LSN
 	confirmed    replication.LSN
 	serverWALEnd replication.LSN
@@ -50,6 +53,7 @@ func (m *Metrics) Connected(up bool) {
 func (m *Metrics) RedisResult(err error) {
 	m.state.mu.Lock()
 	m.state.redisUp = err == nil
+	m.state.redisBehind = errors.Is(err, invalidator.ErrTooFewReplicas)
 	m.state.redisErr = ""
 	if err != nil {
 		m.state.redisErr = err.Error()
@@ -85,6 +89,8 @@ func (m *Metrics) ready() (bool, string) {
 	switch {
 	case !m.state.streaming:
 		return false, "not streaming from the replication slot"
+	case !m.state.redisUp && m.state.redisBehind:
+		return false, "redis replicas behind: " + m.state.redisErr
 	case !m.state.redisUp:
 		return false, "redis unreachable: " + m.state.redisErr
 	}

@@ -32,6 +32,9 @@ func validateCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	for _, w := range clusterWarnings(l) {
 		fmt.Fprintln(stdout, "warning:", w)
 	}
+	for _, w := range replicaWarnings(ctx, l.cfg.Redis) {
+		fmt.Fprintln(stdout, "warning:", w)
+	}
 	total, err := validateServer(ctx, conn, targets, stdout)
 	if err != nil {
 		return err
