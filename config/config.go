@@ -73,6 +73,10 @@ type Redis struct {
 	URL          string
 	PasswordFile string // the password (ACL or requirepass) kept out of the URL
 	CAFile       string // PEM roots to verify a rediss:// server with
+	// CertFile and KeyFile are the client certificate and its key, which a
+	// server with tls-auth-clients (Redis's default) requires.
+	CertFile string
+	KeyFile  string
 	// SentinelMaster is the name the sentinels monitor the master by.
 	SentinelMaster string
 	// SentinelPasswordFile holds the sentinels' own password, when they
@@ -80,7 +84,9 @@ type Redis struct {
 	SentinelPasswordFile string
 	// WaitReplicas: after every batch, wait until this many replicas of
 	// each master written to have acknowledged it (WAIT) before confirming
-	// it, so a failover cannot lose an acknowledged invalidation.
+	// it, so a failover cannot lose an acknowledged invalidation. Unless
+	// set, 1 in sentinel and cluster modes and 0 standalone (see
+	// applyModeDefaults).
 	WaitReplicas int
 }
 
@@ -131,11 +137,13 @@ func (c *Config) settings() []setting {
 		{path: "postgres.password_file", flag: "postgres-password-file", env: "WALBUST_POSTGRES_PASSWORD_FILE", str: &c.Postgres.PasswordFile, file: true, usage: "file holding the Postgres password"},
 		{path: "redis.password_file", flag: "redis-password-file", env: "WALBUST_REDIS_PASSWORD_FILE", str: &c.Redis.PasswordFile, file: true, usage: "file holding the Redis password"},
 		{path: "redis.tls_ca_file", flag: "redis-tls-ca-file", env: "WALBUST_REDIS_TLS_CA_FILE", str: &c.Redis.CAFile, file: true, usage: "PEM CA bundle for rediss:// URLs"},
+		{path: "redis.tls_cert_file", flag: "redis-tls-cert-file", env: "WALBUST_REDIS_TLS_CERT_FILE", str: &c.Redis.CertFile, file: true, usage: "PEM client certificate for rediss:// servers that require one (tls-auth-clients)"},
+		{path: "redis.tls_key_file", flag: "redis-tls-key-file", env: "WALBUST_REDIS_TLS_KEY_FILE", str: &c.Redis.KeyFile, file: true, usage: "PEM private key of redis.tls_cert_file"},
 		{path: "redis.url", flag: "redis-url", env: "WALBUST_REDIS_URL", str: &c.Redis.URL, usage: "Redis URL (redis:// or rediss://); cluster: seed nodes, sentinel: the sentinels (more with ?addr=host:port)"},
 		{path: "redis.mode", flag: "redis-mode", env: "WALBUST_REDIS_MODE", str: &c.Redis.Mode, usage: "standalone, cluster or sentinel"},
 		{path: "redis.sentinel_master", flag: "redis-sentinel-master", env: "WALBUST_REDIS_SENTINEL_MASTER", str: &c.Redis.SentinelMaster, usage: "sentinel mode: the master's name"},
 		{path: "redis.sentinel_password_file", flag: "redis-sentinel-password-file", env: "WALBUST_REDIS_SENTINEL_PASSWORD_FILE", str: &c.Redis.SentinelPasswordFile, file: true, usage: "sentinel mode: file holding the sentinels' password"},
-		{path: "redis.wait_replicas", flag: "redis-wait-replicas", env: "WALBUST_REDIS_WAIT_REPLICAS", num: &c.Redis.WaitReplicas, usage: "replicas of each master that must acknowledge a batch before it is confirmed (0: do not wait)"},
+		{path: "redis.wait_replicas", flag: "redis-wait-replicas", env: "WALBUST_REDIS_WAIT_REPLICAS", num: &c.Redis.WaitReplicas, usage: "replicas of each master that must acknowledge a batch before it is confirmed (0: do not wait; default 1 in sentinel and cluster modes, 0 standalone)"},
 		{path: "deps", flag: "deps", env: "WALBUST_DEPS", str: &c.Deps, file: true, usage: "dependency registry (deps.yaml)"},
 		{path: "checkpoint.path", flag: "checkpoint", env: "WALBUST_CHECKPOINT", str: &c.Checkpoint.Path, file: true, usage: "checkpoint file"},
 		{path: "checkpoint.retry_timeout", flag: "checkpoint-retry-timeout", env: "WALBUST_CHECKPOINT_RETRY_TIMEOUT", dur: &c.Checkpoint.RetryTimeout, usage: "how long failing checkpoint saves are retried before walbust exits non-zero"},
@@ -196,8 +204,9 @@ func NewLoader(fs *flag.FlagSet) *Loader {
 func (l *Loader) Load(lookupEnv func(string) (string, bool)) (*Config, error) {
 	cfg := l.cfg
 	base := "."
+	explicit := map[string]bool{} // settings given in the file, env or flags
 	if l.configPath != "" {
-		if err := cfg.readFile(l.configPath); err != nil {
+		if err := cfg.readFile(l.configPath, explicit); err != nil {
 			return nil, err
 		}
 		base = filepath.Dir(l.configPath)
@@ -215,6 +224,7 @@ func (l *Loader) Load(lookupEnv func(string) (string, bool)) (*Config, error) {
 			if err := s.set(raw); err != nil {
 				return nil, fmt.Errorf("%s: %w", source, err)
 			}
+			explicit[s.path] = true
 			continue
 		}
 		if s.file && *s.str != "" && !filepath.IsAbs(*s.str) {
@@ -224,6 +234,7 @@ func (l *Loader) Load(lookupEnv func(string) (string, bool)) (*Config, error) {
 			*s.str = filepath.Join(base, *s.str)
 		}
 	}
+	cfg.Redis.applyModeDefaults(explicit)
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -321,8 +332,8 @@ func (s setting) set(raw string) error {
 	return nil
 }
 
-// readFile applies the YAML file.
-func (c *Config) readFile(path string) error {
+// readFile applies the YAML file, recording in seen the paths it sets.
+func (c *Config) readFile(path string, seen map[string]bool) error {
 	doc, err := yamlnode.ReadFile(path)
 	if err != nil {
 		return err
@@ -348,6 +359,7 @@ func (c *Config) readFile(path string) error {
 		if s.list != nil && f.Value.Kind == yaml.SequenceNode {
 			vals, _ := doc.Strings(f)
 			*s.list = vals
+			seen[f.Path] = true
 			return
 		}
 		v, ok := doc.String(f)
@@ -357,6 +369,7 @@ func (c *Config) readFile(path string) error {
 		if err := s.set(v); err != nil {
 			doc.Errorf(f.Value, f.Path, "%v", err)
 		}
+		seen[f.Path] = true
 	}
 	for _, f := range doc.Mapping(doc.Root, "", top...) {
 		if f.Path == "shards" {

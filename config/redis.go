@@ -5,6 +5,22 @@ import (
 	"net/url"
 )
 
+// applyModeDefaults gives the settings whose default depends on the mode
+// theirs, where explicit (dotted paths given in the file, environment or
+// flags) does not say otherwise.
+//
+// wait_replicas: Redis replicates asynchronously, so with Sentinel or a
+// cluster an invalidation the master acknowledged just before it died can
+// be missing on the replica promoted in its place, and the stale value it
+// removed is back. Waiting for one replica closes that window; the price
+// is that a master with no replica in sync holds the stream (visibly:
+// /readyz says why) until one is.
+func (r *Redis) applyModeDefaults(explicit map[string]bool) {
+	if !explicit["redis.wait_replicas"] && (r.Mode == ModeSentinel || r.Mode == ModeCluster) {
+		r.WaitReplicas = 1
+	}
+}
+
 // validate checks the Redis settings that depend on the mode.
 func (r Redis) validate() []error {
 	var errs []error
@@ -15,6 +31,9 @@ func (r Redis) validate() []error {
 	}
 	if r.WaitReplicas < 0 {
 		errs = append(errs, fmt.Errorf("redis.wait_replicas %d: must not be negative", r.WaitReplicas))
+	}
+	if (r.CertFile == "") != (r.KeyFile == "") {
+		errs = append(errs, fmt.Errorf("redis.tls_cert_file and redis.tls_key_file go together: set both (--redis-tls-cert-file, --redis-tls-key-file) or neither"))
 	}
 	if r.Mode != ModeSentinel {
 		if r.SentinelMaster != "" {

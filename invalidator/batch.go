@@ -163,7 +163,10 @@ func (iv *Invalidator) execWaiting(ctx context.Context, pipe redis.Pipeliner) er
 			return fmt.Errorf("redis WAIT: %w", err)
 		}
 		if acked < int64(iv.opts.WaitReplicas) {
-			return fmt.Errorf("redis WAIT: %d of the %d replicas wait_replicas requires acknowledged the batch within %v", acked, iv.opts.WaitReplicas, waitTimeout)
+			return fmt.Errorf("redis WAIT: %d of the %d replicas wait_replicas requires acknowledged the batch within %v: %w; "+
+				"walbust holds the stream until enough replicas of this master are in sync (INFO replication), "+
+				"or lower redis.wait_replicas, at the risk of losing acknowledged invalidations in a failover",
+				acked, iv.opts.WaitReplicas, waitTimeout, ErrTooFewReplicas)
 		}
 	}
 	return nil

@@ -74,23 +74,46 @@ func newClient(opts Options) (redis.UniversalClient, *redis.ClusterClient, error
 	default:
 		return nil, nil, fmt.Errorf("redis mode %q: must be standalone, cluster or sentinel", opts.Mode)
 	}
-	if opts.CAFile != "" {
-		if *tlsConfig == nil {
-			return nil, nil, fmt.Errorf("redis tls_ca_file is set but the URL is not rediss://")
-		}
-		pem, err := os.ReadFile(opts.CAFile)
-		if err != nil {
-			return nil, nil, fmt.Errorf("redis tls_ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, nil, fmt.Errorf("redis tls_ca_file %s: no PEM certificates", opts.CAFile)
-		}
-		(*tlsConfig).RootCAs = pool
+	if err := applyTLSFiles(*tlsConfig, opts); err != nil {
+		return nil, nil, err
 	}
 	client := build()
 	cluster, _ := client.(*redis.ClusterClient)
 	return client, cluster, nil
+}
+
+// applyTLSFiles puts the CA bundle and the client certificate into cfg,
+// the TLS config go-redis made for a rediss:// URL (nil for redis://).
+func applyTLSFiles(cfg *tls.Config, opts Options) error {
+	if opts.CAFile == "" && opts.CertFile == "" && opts.KeyFile == "" {
+		return nil
+	}
+	if cfg == nil {
+		return errors.New("redis tls_ca_file, tls_cert_file or tls_key_file is set but the URL is redis://: use rediss:// for TLS")
+	}
+	if opts.CAFile != "" {
+		pem, err := os.ReadFile(opts.CAFile)
+		if err != nil {
+			return fmt.Errorf("redis tls_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("redis tls_ca_file %s: no PEM certificates in it", opts.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if opts.CertFile != "" || opts.KeyFile != "" {
+		if opts.CertFile == "" || opts.KeyFile == "" {
+			return errors.New("redis tls_cert_file and tls_key_file go together: set both or neither")
+		}
+		// Read once at start: a renewed certificate takes a restart.
+		cert, err := tls.LoadX509KeyPair(opts.CertFile, opts.KeyFile)
+		if err != nil {
+			return fmt.Errorf("redis tls_cert_file %s / tls_key_file %s: %w (both PEM, the key matching the certificate)", opts.CertFile, opts.KeyFile, err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return nil
 }
 
 // errReplicaRouting: walbust writes, and a read it makes (DUMP, SCAN) must

@@ -30,6 +30,9 @@ type Options struct {
 	// of the URL's master_name.
 	SentinelMaster string
 	CAFile         string // PEM roots for rediss://
+	// CertFile and KeyFile: the client certificate (PEM) a server with
+	// tls-auth-clients asks for, sent to sentinels and data nodes alike.
+	CertFile, KeyFile string
 	// WaitReplicas: a batch counts as acknowledged only once this many
 	// replicas of every master it wrote to have it (WAIT), so a failover
 	// cannot undo an invalidation walbust has confirmed. 0: do not wait.
@@ -57,6 +60,7 @@ type Invalidator struct {
 	cluster *redis.ClusterClient // client, in cluster mode; nil otherwise
 	opts    Options
 	log     *zap.Logger
+	behind  behind // a batch held for want of replicas, until one is confirmed
 	// token is written into every tombstone of one attempt. A new one per
 	// attempt: a retry or a replay re-fences with a token no reader has
 	// observed, which can only make more fills fail, never fewer.
@@ -170,6 +174,7 @@ func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt
 	for {
 		st = Stats{Attempts: st.Attempts + 1}
 		err := attempt(&st)
+		iv.behind.note(err)
 		if iv.opts.OnResult != nil {
 			iv.opts.OnResult(err)
 		}
@@ -188,7 +193,11 @@ func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt
 			iv.cluster.ReloadState(ctx)
 		}
 		if time.Since(lastLog) > 10*time.Second {
-			iv.log.Warn("redis unavailable; retrying "+what, zap.Error(err), zap.Int("attempt", st.Attempts), zap.Int("invalidations", n))
+			msg := "redis unavailable; retrying " + what
+			if errors.Is(err, ErrTooFewReplicas) {
+				msg = "redis replicas behind wait_replicas; holding the stream, retrying " + what
+			}
+			iv.log.Warn(msg, zap.Error(err), zap.Int("attempt", st.Attempts), zap.Int("invalidations", n))
 			lastLog = time.Now()
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)

@@ -1,11 +1,13 @@
 package metrics
 
 import (
+	"errors"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/replication"
 )
 
@@ -47,6 +49,7 @@ type state struct {
 	// succeeds clears it: a PING answers while Redis refuses commands
 	// (NOPERM, OOM, READONLY), so a ping must not make walbust look ready.
 	redisDownByBatch bool
+	redisBehind      bool // redisErr is a master's replicas falling short of wait_replicas
 	stalls           map[string]Stall
 	checkpoint       replication.LSN
 	confirmed        replication.LSN
@@ -73,6 +76,7 @@ func (m *Metrics) RedisResult(err error) {
 	m.state.mu.Lock()
 	m.setRedis(err)
 	m.state.redisDownByBatch = err != nil
+	m.state.redisBehind = errors.Is(err, invalidator.ErrTooFewReplicas)
 	m.state.mu.Unlock()
 	if err != nil {
 		m.RedisErrors.Inc()
@@ -166,7 +170,10 @@ func (m *Metrics) ready() (bool, string, time.Time) {
 	if !s.streaming {
 		add("not streaming from the replication slot", s.streamingSince)
 	}
-	if !s.redisUp {
+	switch {
+	case !s.redisUp && s.redisBehind:
+		add("redis replicas behind: "+s.redisErr, s.redisSince)
+	case !s.redisUp:
 		add("redis: "+s.redisErr, s.redisSince)
 	}
 	for _, st := range s.sortedStalls() {

@@ -60,9 +60,9 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 	if d.store, err = checkpoint.Open(l.cfg.Checkpoint.Path); err != nil {
 		return err
 	}
-	d.inv, err = invalidator.New(invalidator.Options{Mode: l.cfg.Redis.Mode, URL: l.cfg.Redis.URL, SentinelMaster: l.cfg.Redis.SentinelMaster,
-		CAFile: l.cfg.Redis.CAFile, WaitReplicas: l.cfg.Redis.WaitReplicas, EventsChannel: l.cfg.Events.Channel,
-		Logger: l.log.Named("redis"), OnResult: d.metrics.RedisResult})
+	ropts := redisOptions(l.cfg.Redis)
+	ropts.EventsChannel, ropts.Logger, ropts.OnResult = l.cfg.Events.Channel, l.log.Named("redis"), d.metrics.RedisResult
+	d.inv, err = invalidator.New(ropts)
 	if err != nil {
 		return usageError{err}
 	}

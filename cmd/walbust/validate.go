@@ -32,7 +32,13 @@ func validateCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	for _, w := range clusterWarnings(l) {
 		fmt.Fprintln(stdout, "warning:", w)
 	}
-	total := 0
+	for _, w := range replicaWarnings(ctx, l.cfg.Redis) {
+		fmt.Fprintln(stdout, "warning:", w)
+	}
+	total, err := validateServer(ctx, conn, targets, stdout)
+	if err != nil {
+		return err
+	}
 	for _, t := range targets {
 		problems, err := validate.Registry(ctx, conn, t.reg, t.cfg.Postgres.Publication)
 		if err != nil {

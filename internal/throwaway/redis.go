@@ -24,6 +24,7 @@ type Redis struct {
 	logPath string
 	bin     string
 	port    int
+	tlsPort int // 0 unless started with RedisTLS (see RedisTLS.nodeArgs)
 	proc    *process
 	closed  closeOnce
 }
@@ -119,6 +120,27 @@ func (r *Redis) Addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
 
 // Port is the server's TCP port; it stays the same across restarts.
 func (r *Redis) Port() int { return r.port }
+
+// TLSAddr is host:port of the TLS port of a node started with RedisTLS
+// ("" otherwise).
+func (r *Redis) TLSAddr() string {
+	if r.tlsPort == 0 {
+		return ""
+	}
+	return "127.0.0.1:" + strconv.Itoa(r.tlsPort)
+}
+
+// peerPort is the port other nodes reach this one on: the TLS port when
+// the nodes speak TLS to each other.
+func (r *Redis) peerPort() int {
+	if r.tlsPort != 0 {
+		return r.tlsPort
+	}
+	return r.port
+}
+
+// peerAddr is host:port of peerPort, as sentinels report it.
+func (r *Redis) peerAddr() string { return "127.0.0.1:" + strconv.Itoa(r.peerPort()) }
 
 // URL is a redis:// URL for database 0.
 func (r *Redis) URL() string { return "redis://" + r.Addr() + "/0" }

@@ -25,7 +25,22 @@ type RedisSentinel struct {
 	dir       string
 	data      []*Redis // the master and replicas, in start order
 	sentinels []*Redis
+	tls       *RedisTLS
 	closed    closeOnce
+}
+
+// RedisTLS are the PEM files of a setup whose nodes speak TLS to each other
+// and to clients, and require client certificates (tls-auth-clients yes).
+// Every node presents Cert, as a server and as a client, so it needs both
+// the serverAuth and clientAuth extended key usages. The plain ports stay
+// open, for the package's own health checks.
+type RedisTLS struct{ CA, Cert, Key string }
+
+// nodeArgs are the redis-server arguments of a node on tlsPort.
+func (t *RedisTLS) nodeArgs(tlsPort int) []string {
+	return []string{"--tls-port", strconv.Itoa(tlsPort),
+		"--tls-cert-file", t.Cert, "--tls-key-file", t.Key, "--tls-ca-cert-file", t.CA,
+		"--tls-auth-clients", "yes", "--tls-replication", "yes"}
 }
 
 // sentinelDownAfter is how long a silent master is given before the
@@ -34,23 +49,34 @@ const sentinelDownAfter = 1000 * time.Millisecond
 
 // StartRedisSentinel starts a master, replicas replicas and sentinels
 // sentinels (quorum: a majority) in dir, monitoring the master as name.
-func StartRedisSentinel(ctx context.Context, dir, name string, replicas, sentinels int) (_ *RedisSentinel, err error) {
+func StartRedisSentinel(ctx context.Context, dir, name string, replicas, sentinels int) (*RedisSentinel, error) {
+	return startRedisSentinel(ctx, dir, name, replicas, sentinels, nil)
+}
+
+// StartRedisSentinelTLS is StartRedisSentinel with every node speaking TLS
+// on a port of its own (Redis.TLSAddr, SentinelTLSURL): replication, the
+// sentinels' links and clients, all with client certificates.
+func StartRedisSentinelTLS(ctx context.Context, dir, name string, replicas, sentinels int, files RedisTLS) (*RedisSentinel, error) {
+	return startRedisSentinel(ctx, dir, name, replicas, sentinels, &files)
+}
+
+func startRedisSentinel(ctx context.Context, dir, name string, replicas, sentinels int, tlsFiles *RedisTLS) (_ *RedisSentinel, err error) {
 	if sentinels < 1 || replicas < 1 {
 		return nil, fmt.Errorf("a sentinel setup needs at least one replica and one sentinel")
 	}
-	s := &RedisSentinel{name: name, dir: dir}
+	s := &RedisSentinel{name: name, dir: dir, tls: tlsFiles}
 	defer func() {
 		if err != nil {
 			s.Close()
 		}
 	}()
-	master, err := startRedis(ctx, filepath.Join(dir, "data-0"), 0, "", nil)
+	master, err := s.startNode(ctx, filepath.Join(dir, "data-0"), "", nil)
 	if err != nil {
 		return nil, fmt.Errorf("master: %w", err)
 	}
 	s.data = append(s.data, master)
 	for i := 1; i <= replicas; i++ {
-		r, err := startRedis(ctx, filepath.Join(dir, fmt.Sprintf("data-%d", i)), 0, "", []string{"--replicaof", "127.0.0.1", strconv.Itoa(master.Port())})
+		r, err := s.startNode(ctx, filepath.Join(dir, fmt.Sprintf("data-%d", i)), "", []string{"--replicaof", "127.0.0.1", strconv.Itoa(master.peerPort())})
 		if err != nil {
 			return nil, fmt.Errorf("replica %d: %w", i, err)
 		}
@@ -68,11 +94,11 @@ func StartRedisSentinel(ctx context.Context, dir, name string, replicas, sentine
 sentinel down-after-milliseconds %[1]s %[4]d
 sentinel failover-timeout %[1]s 10000
 sentinel parallel-syncs %[1]s 1
-`, name, master.Port(), sentinels/2+1, sentinelDownAfter.Milliseconds())
+`, name, master.peerPort(), sentinels/2+1, sentinelDownAfter.Milliseconds())
 		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 			return nil, err
 		}
-		sn, err := startRedis(ctx, sdir, 0, conf, []string{"--sentinel"})
+		sn, err := s.startNode(ctx, sdir, conf, []string{"--sentinel"})
 		if err != nil {
 			return nil, fmt.Errorf("sentinel %d: %w", i, err)
 		}
@@ -82,6 +108,33 @@ sentinel parallel-syncs %[1]s 1
 		return nil, err
 	}
 	return s, nil
+}
+
+// startNode starts a data node or sentinel, with a TLS port of its own
+// when the setup speaks TLS.
+func (s *RedisSentinel) startNode(ctx context.Context, dir, conf string, args []string) (*Redis, error) {
+	if s.tls == nil {
+		return startRedis(ctx, dir, 0, conf, args)
+	}
+	tlsPort, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	r, err := startRedis(ctx, dir, 0, conf, append(args, s.tls.nodeArgs(tlsPort)...))
+	if err != nil {
+		return nil, err
+	}
+	r.tlsPort = tlsPort
+	return r, nil
+}
+
+// SentinelTLSURL is URL with the sentinels' TLS ports, as rediss://.
+func (s *RedisSentinel) SentinelTLSURL() string {
+	addrs := make([]string, len(s.sentinels))
+	for i, n := range s.sentinels {
+		addrs[i] = n.TLSAddr()
+	}
+	return "rediss" + strings.TrimPrefix(seedURL(addrs), "redis")
 }
 
 // MasterName is the name the sentinels monitor the master by.
@@ -165,7 +218,10 @@ func (s *RedisSentinel) RestartAsReplica(ctx context.Context, d *Redis) error {
 	if m == d {
 		return fmt.Errorf("%s is still the master", d.Addr())
 	}
-	d.extra = []string{"--replicaof", "127.0.0.1", strconv.Itoa(m.Port())}
+	d.extra = []string{"--replicaof", "127.0.0.1", strconv.Itoa(m.peerPort())}
+	if s.tls != nil {
+		d.extra = append(d.extra, s.tls.nodeArgs(d.tlsPort)...)
+	}
 	return d.Restart(ctx)
 }
 
@@ -208,7 +264,7 @@ func (s *RedisSentinel) WaitHealthy(ctx context.Context) error {
 			if err != nil {
 				return fmt.Sprintf("%s: %v", d.Addr(), err)
 			}
-			if !strings.Contains(info, "master_port:"+strconv.Itoa(m.Port())) || !strings.Contains(info, "master_link_status:up") {
+			if !strings.Contains(info, "master_port:"+strconv.Itoa(m.peerPort())) || !strings.Contains(info, "master_link_status:up") {
 				return d.Addr() + " does not replicate from the master yet"
 			}
 		}
@@ -227,7 +283,7 @@ func (s *RedisSentinel) masterOf(ctx context.Context, sn *Redis) (string, *Redis
 	}
 	hostPort := net.JoinHostPort(addr[0], addr[1])
 	for _, d := range s.data {
-		if d.Addr() == hostPort {
+		if d.peerAddr() == hostPort {
 			return hostPort, d, nil
 		}
 	}
@@ -246,7 +302,7 @@ func (s *RedisSentinel) agreedMaster(ctx context.Context) (*Redis, string) {
 		if err != nil {
 			return nil, err.Error()
 		}
-		if master != nil && master.Addr() != hostPort {
+		if master != nil && master.peerAddr() != hostPort {
 			return nil, "the sentinels disagree on the master"
 		}
 		master = d
