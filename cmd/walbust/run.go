@@ -95,6 +95,9 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 	if err := d.preflight(ctx); err != nil {
 		return err
 	}
+	if err := d.checkRedis(ctx); err != nil {
+		return err
+	}
 	bg, stopBackground := context.WithCancel(ctx)
 	defer stopBackground()
 	go every(bg, 2*time.Second, d.pingRedis)
