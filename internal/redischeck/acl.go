@@ -143,7 +143,7 @@ func directProbe(c *redis.Client) prober {
 			args[i] = a
 		}
 		switch cmd.args[0] {
-		case "unlink", "scan", "exists", "type", "get", "dump", "wait", "ping", "info":
+		case "unlink", "scan", "exists", "type", "get", "dump", "wait", "ping", "info", "client", "cluster", "command":
 		case "evalsha":
 			args[1] = strings.Repeat("0", 40) // NOSCRIPT if allowed
 		case "script":

@@ -20,8 +20,9 @@ type command struct {
 // aclName is the command's name as ACL rules spell it: "unlink",
 // "script|load".
 func (c command) aclName() string {
-	if c.args[0] == "script" {
-		return "script|" + c.args[1]
+	switch c.args[0] {
+	case "script", "client", "cluster":
+		return c.args[0] + "|" + c.args[1]
 	}
 	return c.args[0]
 }
@@ -52,6 +53,13 @@ func commands(reg *mapping.Registry, opts invalidator.Options) []command {
 	add := func(why string, args ...string) { out = append(out, command{args: args, why: why}) }
 	add("readiness", "ping")
 	add("walbust's own checks", "info", "server")
+	// go-redis names each connection (CLIENT SETNAME walbust) and refuses
+	// to use it when that fails.
+	add("naming its connections", "client", "setname", "walbust")
+	if opts.Mode == invalidator.Cluster {
+		add("learning the cluster's slots", "cluster", "slots")
+		add("learning the cluster's slots", "command")
+	}
 	scripts := false
 	for _, name := range reg.Names() {
 		t := reg.Tables[name]

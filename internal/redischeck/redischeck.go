@@ -139,6 +139,13 @@ func (rep *Report) checkNode(ctx context.Context, c *redis.Client, addr, user st
 		if policy := field(info, "maxmemory_policy"); strings.HasPrefix(policy, "allkeys-") {
 			rep.Warnings = append(rep.Warnings, evictionWarning(addr, policy, o.Registry))
 		}
+	case isNoPerm(err) && initRefused(err) != "":
+		// Every connection fails, whatever it is for: nothing else can be
+		// learnt from this node.
+		name := initRefused(err)
+		rep.Problems = append(rep.Problems, fmt.Sprintf("redis user %s may not run %s at %s, which walbust's client sends on every new connection, so none works (%v): fix: ACL SETUSER %s +%s",
+			user, strings.ToUpper(name), addr, err, user, name))
+		return "", false
 	case isNoPerm(err):
 		// Reported with the other denied commands below.
 	default:
@@ -207,6 +214,17 @@ func isNetwork(err error) bool {
 	return errors.As(err, &ne) || errors.As(err, &oe) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "connection reset") ||
 		strings.Contains(err.Error(), "all sentinels") || strings.Contains(err.Error(), "i/o timeout")
+}
+
+// initRefused names the command of a connection's set-up (go-redis's
+// CLIENT SETNAME, SELECT for a database other than 0) that err refuses.
+func initRefused(err error) string {
+	for _, name := range []string{"client|setname", "select"} {
+		if strings.Contains(err.Error(), "'"+name+"'") {
+			return name
+		}
+	}
+	return ""
 }
 
 func isNoPerm(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOPERM") }
