@@ -56,13 +56,13 @@ func TestCommandsUseRealKeys(t *testing.T) {
 	reg := loadDeps(t, deleteTable+bumpTable+staleTable)
 	cmds := commands(reg, invalidator.Options{Mode: invalidator.Cluster, WaitReplicas: 1, EventsChannel: "ch"})
 	want := map[string]bool{
-		"unlink a:" + probeValue:                                  false,
-		"get v:b:" + probeValue:                                   false,
+		"unlink a:" + probeValue:                                 false,
+		"get v:b:" + probeValue:                                  false,
 		"rename s:" + probeValue + " s:" + probeValue + ":stale": false,
-		"dump s:" + probeValue:                                    false,
-		"publish ch x":                                            false,
-		"wait 0 0":                                                false,
-		"scan 0 match * count 1":                                  false,
+		"dump s:" + probeValue:                                   false,
+		"publish ch x":                                           false,
+		"wait 0 0":                                               false,
+		"scan 0 match * count 1":                                 false,
 	}
 	for _, c := range cmds {
 		if _, ok := want[strings.Join(c.args, " ")]; ok {
