@@ -172,3 +172,55 @@ func TestSecurityRunWaitsForRedisLoudly(t *testing.T) {
 	e.exec("UPDATE products SET price_cents = 7 WHERE id = 1")
 	e.waitGone("product:1")
 }
+
+// In sentinel and cluster mode the checks reach the master(s) through the
+// sentinels or seed nodes; a sentinel named in standalone mode is refused.
+func TestSecurityRedisHAModesChecked(t *testing.T) {
+	e := newEnv(t, envOptions{noStart: true})
+	dir, err := os.MkdirTemp("", "walbust-e2e-sec-sentinel-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := throwaway.StartRedisSentinel(ctx, dir, "cache", 1, 1)
+	if err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	e.opsWriteConfig(opsConfig{redisURL: s.URL(), redisExtra: []string{"mode: sentinel", "sentinel_master: cache"}})
+	out, code := e.secValidate()
+	if code != 0 || !strings.Contains(out, "redis: ok (sentinel, 1 master(s), Redis 7") {
+		t.Errorf("validate in sentinel mode exited %d, want 0 and redis: ok:\n%s", code, out)
+	}
+	e.opsWriteConfig(opsConfig{redisURL: s.URL()})
+	out, code = e.secValidate()
+	if code != 1 || !strings.Contains(out, "reports redis_mode:sentinel: it is a Sentinel: set redis.mode: sentinel") {
+		t.Errorf("validate in standalone mode against a sentinel exited %d, want 1 saying to set redis.mode: sentinel:\n%s", code, out)
+	}
+
+	cdir, err := os.MkdirTemp("", "walbust-e2e-sec-cluster-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := throwaway.StartRedisCluster(ctx, cdir, 3, 0)
+	if err != nil {
+		os.RemoveAll(cdir)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	e.opsWriteConfig(opsConfig{redisURL: c.URL(), redisExtra: []string{"mode: cluster"}})
+	out, code = e.secValidate()
+	if code != 0 || !strings.Contains(out, "redis: ok (cluster, 3 master(s), Redis 7") {
+		t.Errorf("validate in cluster mode exited %d, want 0 and redis: ok with 3 masters:\n%s", code, out)
+	}
+}
