@@ -99,8 +99,8 @@ func dryRun(c *redis.Client, user string) prober {
 		case isNoPerm(err) && strings.Contains(err.Error(), "acl|dryrun"),
 			strings.Contains(strings.ToLower(err.Error()), "unknown subcommand"), strings.Contains(err.Error(), "unknown command"):
 			return unknown, "", false
-		case strings.Contains(err.Error(), "Invalid command") || strings.Contains(err.Error(), "unknown command"):
-			return denied, err.Error(), true
+		case strings.Contains(err.Error(), "not found"):
+			return denied, err.Error(), true // the command does not exist in this Redis
 		}
 		return unknown, "", false
 	}
