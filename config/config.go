@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -50,6 +49,8 @@ type Config struct {
 	// (see replicas.go).
 	Replicas Replicas
 	Events   Events
+	// Debug holds what helps diagnose walbust and is off by default.
+	Debug Debug
 }
 
 // Postgres says where to stream from.
@@ -154,7 +155,7 @@ func (c *Config) settings() []setting {
 		{path: "shard", flag: "shard", env: "WALBUST_SHARD", str: &c.Shard, usage: "the shard (of shards in walbust.yaml) this walbust serves"},
 		{path: "log.format", flag: "log-format", env: "WALBUST_LOG_FORMAT", str: &c.Log.Format, usage: "log format: json or console"},
 		{path: "log.level", flag: "log-level", env: "WALBUST_LOG_LEVEL", str: &c.Log.Level, usage: "log level: debug, info, warn, error"},
-	}, c.replicaSettings()...)
+	}, append(c.replicaSettings(), c.debugSettings()...)...)
 }
 
 // Defaults returns the configuration used where nothing else is said.
@@ -187,6 +188,7 @@ type Loader struct {
 	configPath string
 	flags      *flag.FlagSet
 	values     map[string]*string // flag name -> raw flag value
+	warnings   []string
 }
 
 // NewLoader registers --config and one flag per setting on fs.
@@ -213,12 +215,15 @@ func (l *Loader) Load(lookupEnv func(string) (string, bool)) (*Config, error) {
 	}
 	setOnCLI := map[string]bool{}
 	l.flags.Visit(func(f *flag.Flag) { setOnCLI[f.Name] = true })
+	origins := map[string]origin{}
 	for _, s := range cfg.settings() {
 		raw, source, ok := "", "", false
 		if setOnCLI[s.flag] {
 			raw, source, ok = *l.values[s.flag], "flag --"+s.flag, true
+			origins[s.path] = fromFlag
 		} else if v, found := lookupEnv(s.env); found {
 			raw, source, ok = v, "environment variable "+s.env, true
+			origins[s.path] = fromEnv
 		}
 		if ok {
 			if err := s.set(raw); err != nil {
@@ -238,60 +243,14 @@ func (l *Loader) Load(lookupEnv func(string) (string, bool)) (*Config, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if err := cfg.applyPasswordFiles(); err != nil {
+	l.warnings = append(commandLineSecrets(cfg.settings(), setOnCLI), cfg.secretConflicts(origins)...)
+	if err := cfg.applyPasswordFiles(origins); err != nil {
 		return nil, err
 	}
 	if cfg.Shard != "" {
 		return cfg.ForShard(cfg.Shard)
 	}
 	return cfg, nil
-}
-
-// applyPasswordFiles puts the passwords from files into the URLs, so every
-// client gets them the same way. URLs are never logged.
-//
-// A sentinel URL is go-redis's: its user:password@ authenticate to the
-// sentinels and ?password= to the master and replicas.
-func (c *Config) applyPasswordFiles() error {
-	type target struct {
-		name  string // setting, for errors
-		file  string
-		url   *string
-		query bool // into ?password= rather than user:password@
-	}
-	targets := []target{
-		{"postgres.password_file", c.Postgres.PasswordFile, &c.Postgres.URL, false},
-		{"redis.password_file", c.Redis.PasswordFile, &c.Redis.URL, c.Redis.Mode == ModeSentinel},
-		{"redis.sentinel_password_file", c.Redis.SentinelPasswordFile, &c.Redis.URL, false},
-	}
-	for _, p := range targets {
-		if p.file == "" {
-			continue
-		}
-		data, err := os.ReadFile(p.file)
-		if err != nil {
-			return fmt.Errorf("%s: %w", p.name, err)
-		}
-		section, _, _ := strings.Cut(p.name, ".")
-		u, err := url.Parse(*p.url)
-		if err != nil || u.Scheme == "" {
-			return fmt.Errorf("%s needs %s.url in URL form (scheme://user@host/...)", p.name, section)
-		}
-		password := strings.TrimRight(string(data), "\r\n")
-		if p.query {
-			q := u.Query()
-			q.Set("password", password)
-			u.RawQuery = q.Encode()
-		} else {
-			user := ""
-			if u.User != nil {
-				user = u.User.Username()
-			}
-			u.User = url.UserPassword(user, password)
-		}
-		*p.url = u.String()
-	}
-	return nil
 }
 
 func (s setting) set(raw string) error {

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/url"
+	"strings"
 )
 
 // applyModeDefaults gives the settings whose default depends on the mode
@@ -19,6 +20,27 @@ func (r *Redis) applyModeDefaults(explicit map[string]bool) {
 	if !explicit["redis.wait_replicas"] && (r.Mode == ModeSentinel || r.Mode == ModeCluster) {
 		r.WaitReplicas = 1
 	}
+}
+
+// checkRedisScheme: without a scheme, "host:6379" parses as scheme "host"
+// and fails later with a puzzling message, or not at all. The URL is not
+// shown: it may hold a password.
+func checkRedisScheme(raw string) error {
+	if raw == "" {
+		return nil // reported as required
+	}
+	scheme, _, ok := strings.Cut(raw, "://")
+	if !ok {
+		return fmt.Errorf("redis.url has no scheme: write it as redis://HOST:PORT/DB (rediss:// for TLS; user and password as redis://USER:PASSWORD@HOST:PORT/DB, or in redis.password_file)")
+	}
+	switch strings.ToLower(scheme) {
+	case "redis", "rediss", "unix":
+		return nil
+	}
+	if strings.ContainsAny(scheme, "@:/") {
+		scheme = "(not shown)"
+	}
+	return fmt.Errorf("redis.url scheme %s: want redis:// (or rediss:// for TLS)", scheme)
 }
 
 // validate checks the Redis settings that depend on the mode.
@@ -42,6 +64,9 @@ func (r Redis) validate() []error {
 		if r.SentinelPasswordFile != "" {
 			errs = append(errs, fmt.Errorf("redis.sentinel_password_file is set but redis.mode is %s (set redis.mode: sentinel)", r.Mode))
 		}
+	}
+	if err := checkRedisScheme(r.URL); err != nil {
+		return append(errs, err)
 	}
 	// A malformed URL is reported by the Redis client, which knows how to
 	// say so without echoing a password; only the mode's rules are checked

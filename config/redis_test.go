@@ -93,3 +93,27 @@ func TestSentinelPasswordFiles(t *testing.T) {
 		t.Errorf("addr %v path %q: the rest of the URL changed", got, u.Path)
 	}
 }
+
+func TestRedisURLNeedsScheme(t *testing.T) {
+	for _, tt := range []struct {
+		url, want string // want "" means valid
+	}{
+		{"127.0.0.1:6379", "redis.url has no scheme: write it as redis://HOST:PORT/DB"},
+		{"localhost:6379", "redis.url has no scheme"},
+		{"walbust:hunter2@cache:6379", "redis.url has no scheme"},
+		{"http://cache:6379", "redis.url scheme http: want redis://"},
+		{"redis://cache:6379/0", ""},
+		{"rediss://walbust:hunter2@cache:6380/0", ""},
+		{"unix:///run/redis.sock", ""},
+	} {
+		_, err := load(t, []string{"--redis-url", tt.url}, env{})
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("%s rejected: %v", tt.url, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%s: error %v, want %q", tt.url, err, tt.want)
+		case err != nil && strings.Contains(err.Error(), "hunter2"):
+			t.Errorf("%s: the error shows the password: %v", tt.url, err)
+		}
+	}
+}

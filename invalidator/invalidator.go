@@ -60,7 +60,6 @@ type Invalidator struct {
 	cluster *redis.ClusterClient // client, in cluster mode; nil otherwise
 	opts    Options
 	log     *zap.Logger
-	behind  behind // a batch held for want of replicas, until one is confirmed
 	// token is written into every tombstone of one attempt. A new one per
 	// attempt: a retry or a replay re-fences with a token no reader has
 	// observed, which can only make more fills fail, never fewer.
@@ -174,7 +173,6 @@ func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt
 	for {
 		st = Stats{Attempts: st.Attempts + 1}
 		err := attempt(&st)
-		iv.behind.note(err)
 		if iv.opts.OnResult != nil {
 			iv.opts.OnResult(err)
 		}

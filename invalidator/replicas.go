@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -15,31 +14,6 @@ import (
 // replicas than wait_replicas did, so walbust does not confirm it and
 // holds the stream: Redis is reachable, its replication is behind.
 var ErrTooFewReplicas = errors.New("too few redis replicas acknowledged the batch")
-
-// behind remembers a batch held for want of replicas until one is
-// confirmed, so the periodic Ping (which a lagging master answers) does not
-// report Redis healthy while the stream is held.
-type behind struct {
-	mu  sync.Mutex
-	err error
-}
-
-func (b *behind) note(err error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	switch {
-	case err == nil:
-		b.err = nil
-	case errors.Is(err, ErrTooFewReplicas):
-		b.err = err
-	}
-}
-
-func (b *behind) get() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.err
-}
 
 // MasterReplicas is one master and how many replicas are connected to it
 // and in sync (able to acknowledge a WAIT).

@@ -549,6 +549,11 @@ tables:
   public.a:
     keys: [""]
 `, 4, 12, "empty template"},
+		{"whitespace-only template", `version: 1
+tables:
+  public.a:
+    keys: ["a:{id}", "   "]
+`, 4, 22, "only whitespace"},
 		{"keys not a list", `version: 1
 tables:
   public.a:

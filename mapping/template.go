@@ -30,6 +30,11 @@ func ParseTemplate(src string) (*Template, error) {
 	if src == "" {
 		return nil, fmt.Errorf("empty template")
 	}
+	if strings.TrimSpace(src) == "" {
+		// Redis would accept it, but no application reads a key of blanks:
+		// it is a slip in deps.yaml, and every invalidation by it a no-op.
+		return nil, fmt.Errorf("template %q is only whitespace: write the key the application caches, e.g. \"user:{id}\"", src)
+	}
 	t := &Template{Source: src}
 	var lit strings.Builder
 	for i := 0; i < len(src); i++ {

@@ -70,6 +70,8 @@ func TestParseTemplateErrors(t *testing.T) {
 		want string // substring of the error
 	}{
 		{"", "empty template"},
+		{" ", "only whitespace"},
+		{"\t \n", "only whitespace"},
 		{"{", "unclosed '{' at offset 0"},
 		{"user:{id", "unclosed '{' at offset 5"},
 		{"user:{id:{name}", "unclosed '{' at offset 5"},

@@ -17,6 +17,7 @@ import (
 // Metrics holds walbust's collectors on a registry of its own.
 type Metrics struct {
 	Registry *prometheus.Registry
+	profiles bool // serve /debug/pprof/ (see EnableProfiles)
 
 	Transactions       prometheus.Counter
 	Changes            *prometheus.CounterVec // table, op

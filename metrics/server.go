@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -15,7 +14,8 @@ import (
 
 // Handler serves /metrics, /healthz (the process answers), /readyz
 // (streaming and Redis reachable; 503 with the reason otherwise) and
-// /status (JSON, for `walbust status`) and /debug/pprof/.
+// /status (JSON, for `walbust status`), and /debug/pprof/ once
+// EnableProfiles was called.
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
@@ -30,13 +30,9 @@ func (m *Metrics) Handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	// Profiles, as Prometheus itself serves them: the listener is loopback
-	// by default, and a profile is what a slow walbust needs first.
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if m.profiles {
+		handleProfiles(mux)
+	}
 	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

@@ -38,7 +38,7 @@ func Connect(ctx context.Context, url string) (*pgconn.PgConn, error) {
 	cfg.RuntimeParams["replication"] = "database"
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect for replication to %s:%d: %w", cfg.Host, cfg.Port, err)
+		return nil, fmt.Errorf("connect for replication: %w", ExplainConnect(err))
 	}
 	return conn, nil
 }

@@ -54,6 +54,9 @@ func loadWith(fs *flag.FlagSet, loader *config.Loader, args []string, stderr io.
 	if err != nil {
 		return nil, usageError{err}
 	}
+	for _, w := range loader.Warnings() {
+		log.Warn(w)
+	}
 	reg, err := loadRegistry(cfg)
 	if err != nil {
 		return nil, usageError{err}

@@ -87,14 +87,20 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 	defer pool.Close()
 	d.querier = pool
 	if l.cfg.Listen != "" {
+		if l.cfg.Debug.Pprof {
+			d.metrics.EnableProfiles()
+		}
 		addr, _, err := d.metrics.Listen(ctx, l.cfg.Listen)
 		if err != nil {
 			return err
 		}
-		l.log.Info("serving metrics", zap.String("addr", addr.String()))
+		l.log.Info("serving metrics", zap.String("addr", addr.String()), zap.Bool("pprof", l.cfg.Debug.Pprof))
 	}
 	if err := d.preflight(ctx); err != nil {
 		return stoppedCleanly(ctx, err)
+	}
+	if err := d.checkRedis(ctx); err != nil {
+		return err
 	}
 	bg, stopBackground := context.WithCancel(ctx)
 	defer stopBackground()

@@ -18,7 +18,7 @@ import (
 func connectSQL(ctx context.Context, url string) (*pgx.Conn, error) {
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
-		return nil, fmt.Errorf("connect to postgres: %w", validate.ConnectError(err))
+		return nil, fmt.Errorf("connect to postgres: %w", replication.ExplainConnect(validate.ConnectError(err)))
 	}
 	return conn, nil
 }

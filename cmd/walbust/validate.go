@@ -52,8 +52,9 @@ func validateCommand(ctx context.Context, args []string, stdout, stderr io.Write
 			fmt.Fprintf(stdout, "%s%s: ok (%d tables)\n", t.shardPrefix(), t.reg.File, len(t.reg.Tables))
 		}
 	}
-	if total > 0 {
-		return fmt.Errorf("%s: %d problem(s)", l.reg.File, total)
+	redisProblems := validateRedis(ctx, stdout, l)
+	if total > 0 || redisProblems > 0 {
+		return fmt.Errorf("%s: %d problem(s); redis: %d problem(s)", l.reg.File, total, redisProblems)
 	}
 	return nil
 }
