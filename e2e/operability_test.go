@@ -205,7 +205,7 @@ func TestOpsReadinessFollowsRedis(t *testing.T) {
 		t.Errorf("walbust_checkpoint_lsn = %v while Redis is down, want below the write's %v", cp, uint64(writeLSN))
 	}
 	if b, err := os.ReadFile(e.checkpoint); err == nil {
-		if cp := opsLSN(t, string(b)); cp >= writeLSN {
+		if cp := opsLSN(t, checkpointFileLSN(b)); cp >= writeLSN {
 			t.Errorf("checkpoint file says %s while Redis is down, want below the write's %s", cp, writeLSN)
 		}
 	}
@@ -340,7 +340,7 @@ func TestOpsStatusReportsSlotAndExitCodes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return strings.TrimSpace(string(b))
+		return checkpointFileLSN(b)
 	}
 	// The fence's key goes before its checkpoint is saved, recorded and
 	// confirmed to Postgres: let those land before comparing them.
