@@ -79,6 +79,7 @@ type Streamer struct {
 	idleWALEnd    LSN    // server WAL end seen in a keepalive while between transactions
 	reported      LSN    // flush position last sent; 0 before the first
 	savedIdle     LSN    // highest position SaveIdle recorded
+	idleSaveFails bool   // SaveIdle failed last time: warned already
 	lastReport    time.Time
 	lastServerMsg time.Time
 }
@@ -350,10 +351,12 @@ func (s *Streamer) report(ctx context.Context, ack Acknowledger, requestReply bo
 		if err := s.opts.SaveIdle(flush); err != nil {
 			// Confirming it unsaved would leave the slot ahead of the
 			// checkpoint, which the next start takes for a re-created slot.
-			s.log.Warn("cannot save the idle position; confirming only the acknowledged one", zap.Stringer("lsn", flush), zap.Error(err))
-			flush = acked
+			if !s.idleSaveFails {
+				s.log.Warn("cannot save the idle position; confirming only the acknowledged one", zap.Stringer("lsn", flush), zap.Error(err))
+			}
+			s.idleSaveFails, flush = true, acked
 		} else {
-			s.savedIdle = flush
+			s.idleSaveFails, s.savedIdle = false, flush
 		}
 	}
 	if flush < s.reported {
