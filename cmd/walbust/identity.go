@@ -70,8 +70,9 @@ func (d *daemon) checkSlotPosition(ctx context.Context, slot *replication.SlotIn
 	}
 	if slot.ConfirmedFlushLSN > srv.WALFlush {
 		return d.slotLost(ctx, fmt.Errorf("%w: slot %q has confirmed %s, beyond this server's current WAL position %s: "+
-			"a client confirmed a position from elsewhere, and the slot skips every change up to it",
-			replication.ErrSlotLost, slot.Name, slot.ConfirmedFlushLSN, srv.WALFlush))
+			"a client confirmed a position from elsewhere, and the slot skips every change up to it, so it must be dropped "+
+			"(SELECT pg_drop_replication_slot('%s')) before `walbust setup` creates it again",
+			replication.ErrSlotLost, slot.Name, slot.ConfirmedFlushLSN, srv.WALFlush, slot.Name))
 	}
 	switch {
 	case !found:

@@ -26,7 +26,8 @@ func currentWAL(ctx context.Context, conn *pgx.Conn) (replication.LSN, error) {
 func slotLag(confirmed, current replication.LSN) (int64, string) {
 	if confirmed > current {
 		return 0, fmt.Sprintf("slot confirmed %s, beyond the server's current WAL position %s: a client confirmed a position "+
-			"from elsewhere and the slot skips every change up to it; drop it (walbust teardown, or on_slot_loss: resync) and run walbust setup", confirmed, current)
+			"from elsewhere and the slot skips every change up to it; set on_slot_loss: resync, or drop the slot, flush the caches fed by its tables "+
+			"and run walbust setup", confirmed, current)
 	}
 	return int64(min(uint64(current-confirmed), math.MaxInt64)), ""
 }
