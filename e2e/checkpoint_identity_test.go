@@ -144,6 +144,44 @@ func TestCheckpointRecreatedSlotDetected(t *testing.T) {
 	e.fence()
 }
 
+// The same while walbust runs: its walsender terminated, the slot dropped and
+// re-created before it reconnects. Resuming would skip the write made in
+// between; walbust notices on reconnect and stops (on_slot_loss: fail).
+func TestCheckpointSlotRecreatedWhileRunning(t *testing.T) {
+	e := newEnv(t, envOptions{seed: defaultSeed})
+	e.fence()
+	e.cache("product:3")
+	deadline := time.Now().Add(stopTimeout)
+	for {
+		e.exec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, e.name)
+		_, err := e.db.Exec(e.ctx, `SELECT pg_drop_replication_slot($1)`, e.name)
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "is active") || time.Now().After(deadline) {
+			t.Fatalf("drop slot %s: %v", e.name, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.exec(`UPDATE products SET price_cents = price_cents + 1 WHERE id = 3`)
+	e.exec(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, e.name)
+
+	cmd := e.proc
+	select {
+	case <-e.procDone:
+		e.proc = nil
+	case <-time.After(startTimeout):
+		t.Fatalf("walbust still running %v after its slot was re-created under it", startTimeout)
+	}
+	if code := cmd.ProcessState.ExitCode(); code == 0 {
+		t.Errorf("exit code 0 after its slot was re-created, want non-zero")
+	}
+	requireAll(t, "the exit message", lastLine(e.log()), "re-created", "on_slot_loss", e.checkpoint)
+	if !e.exists("product:3") {
+		t.Error("product:3 vanished: nothing should have invalidated it")
+	}
+}
+
 // A checkpoint file written before identities were recorded (a bare LSN) is
 // resumed from and rewritten with the identity.
 func TestCheckpointBareLSNFileRewritten(t *testing.T) {

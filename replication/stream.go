@@ -61,6 +61,10 @@ type Options struct {
 	// the slot is never ahead of the checkpoint: a slot found ahead of it was
 	// moved by something else.
 	SaveIdle func(LSN) error
+	// BeforeStart, when set, runs before every START_REPLICATION, so a slot
+	// re-created while walbust was disconnected is noticed on reconnect.
+	// Its error ends the session (wrap ErrSlotLost or ErrFatal to stop).
+	BeforeStart func(context.Context) error
 }
 
 // Streamer reads a logical replication slot and delivers committed
@@ -153,6 +157,11 @@ func (s *Streamer) session(ctx context.Context, out chan<- *Transaction, ack Ack
 	// Start from what is durably applied: anything after it that is still
 	// queued for the applier is skipped on arrival by lastDelivered.
 	start, _ := ack.Acknowledged()
+	if s.opts.BeforeStart != nil {
+		if err := s.opts.BeforeStart(ctx); err != nil {
+			return err
+		}
+	}
 	err = pglogrepl.StartReplication(ctx, conn, s.opts.Slot, start, pglogrepl.StartReplicationOptions{
 		PluginArgs: pluginArgs(conn, s.opts.Publication),
 	})

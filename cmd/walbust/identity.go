@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"go.uber.org/zap"
@@ -90,10 +91,44 @@ func (d *daemon) checkSlotPosition(ctx context.Context, slot *replication.SlotIn
 			zap.Stringer("was", c.LSN), zap.Stringer("lsn", lsn))
 		return nil
 	case slot.ConfirmedFlushLSN > c.LSN:
-		return d.slotLost(ctx, fmt.Errorf("%w: slot %q has confirmed %s, past checkpoint %s at %s, and walbust never confirms past its checkpoint: "+
-			"the slot was dropped and re-created, advanced by hand, or used by a walbust with another checkpoint file, "+
-			"so the changes between %s and %s were never streamed here",
-			replication.ErrSlotLost, slot.Name, slot.ConfirmedFlushLSN, d.store.Path(), c.LSN, c.LSN, slot.ConfirmedFlushLSN))
+		return d.slotLost(ctx, d.slotAhead(slot, c.LSN))
+	}
+	return nil
+}
+
+func (d *daemon) slotAhead(slot *replication.SlotInfo, stored replication.LSN) error {
+	return fmt.Errorf("%w: slot %q has confirmed %s, past checkpoint %s at %s, and walbust never confirms past its checkpoint: "+
+		"the slot was dropped and re-created, advanced by hand, or used by a walbust with another checkpoint file, "+
+		"so the changes between %s and %s were never streamed here",
+		replication.ErrSlotLost, slot.Name, slot.ConfirmedFlushLSN, d.store.Path(), stored, stored, slot.ConfirmedFlushLSN)
+}
+
+// recheckSlot runs before every reconnect: a slot re-created while the
+// connection was down is otherwise resumed from silently. A missing slot is
+// left to START_REPLICATION, which reports it as lost.
+func (d *daemon) recheckSlot(ctx context.Context) error {
+	conn, err := connectSQL(ctx, d.cfg.Postgres.URL)
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(ctx, conn)
+	slot, err := replication.LookupSlot(ctx, conn, d.cfg.Postgres.Slot)
+	if errors.Is(err, replication.ErrNoSlot) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if slot.Active {
+		return nil // another instance streams: its checkpoint moves with the slot, and START_REPLICATION waits
+	}
+	// After the slot lookup, as in checkSlotPosition.
+	c, _, err := d.store.Read()
+	if err != nil {
+		return fmt.Errorf("%w: %w", replication.ErrFatal, err)
+	}
+	if c.Identity != nil && slot.ConfirmedFlushLSN > c.LSN {
+		return d.slotAhead(slot, c.LSN)
 	}
 	return nil
 }

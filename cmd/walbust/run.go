@@ -129,7 +129,7 @@ func (d *daemon) stream(ctx context.Context) error {
 		URL: d.cfg.Postgres.URL, Slot: d.cfg.Postgres.Slot, Publication: d.cfg.Postgres.Publication,
 		StatusInterval: d.cfg.Postgres.StatusInterval, Logger: d.log.Named("replication"),
 		OnRelation: p.CheckRelation, NewSink: p.NewSink, Admitter: p,
-		OnConnected: d.metrics.Connected, OnReport: d.metrics.Reported, SaveIdle: d.store.Save,
+		OnConnected: d.metrics.Connected, OnReport: d.metrics.Reported, SaveIdle: d.store.Save, BeforeStart: d.recheckSlot,
 	}, stored)
 	d.log.Info("starting", zap.String("version", version), zap.String("shard", d.cfg.Shard), zap.String("slot", d.cfg.Postgres.Slot),
 		zap.String("redis_mode", d.cfg.Redis.Mode),
