@@ -54,7 +54,12 @@ func decode(data string) (Checkpoint, error) {
 	if !sc.Scan() {
 		return c, fmt.Errorf("empty file")
 	}
-	lsn, err := pglogrepl.ParseLSN(strings.TrimSpace(sc.Text()))
+	first := strings.TrimSpace(sc.Text())
+	// ParseLSN ignores what follows the number; a corrupt file must not.
+	if !isLSN(first) {
+		return c, fmt.Errorf("first line %q is not an LSN (X/Y in hex)", first)
+	}
+	lsn, err := pglogrepl.ParseLSN(first)
 	if err != nil {
 		return c, fmt.Errorf("first line is not an LSN: %w", err)
 	}
@@ -91,4 +96,22 @@ func decode(data string) (Checkpoint, error) {
 	}
 	c.Identity = id
 	return c, nil
+}
+
+// isLSN: X/Y, each 1 to 8 hex digits, and nothing else.
+func isLSN(s string) bool {
+	hi, lo, ok := strings.Cut(s, "/")
+	return ok && isHex32(hi) && isHex32(lo)
+}
+
+func isHex32(s string) bool {
+	if len(s) == 0 || len(s) > 8 {
+		return false
+	}
+	for _, r := range s {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+			return false
+		}
+	}
+	return true
 }

@@ -64,6 +64,8 @@ func TestCorruptIdentityIsAnError(t *testing.T) {
 	for name, data := range map[string]string{
 		"empty":           "",
 		"no lsn":          "system_identifier=1\ndatabase=d\nslot=s\n",
+		"lsn and junk":    "0/16B3748 junk\n",
+		"lsn too long":    "0/123456789\n",
 		"not key=value":   "0/1\ngarbage\n",
 		"missing slot":    "0/1\nsystem_identifier=1\ndatabase=d\n",
 		"unknown key":     "0/1\nsystem_identifier=1\ndatabase=d\nslot=s\ncolour=red\n",
