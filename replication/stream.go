@@ -56,6 +56,15 @@ type Options struct {
 	// OnReport is told the server's WAL end and the confirmed position at
 	// every status update.
 	OnReport func(serverWALEnd, confirmed LSN)
+	// SaveIdle, when set, durably records a position past the acknowledged
+	// one (WAL that touched no published table) before it is confirmed, so
+	// the slot is never ahead of the checkpoint: a slot found ahead of it was
+	// moved by something else.
+	SaveIdle func(LSN) error
+	// BeforeStart, when set, runs before every START_REPLICATION, so a slot
+	// re-created while walbust was disconnected is noticed on reconnect.
+	// Its error ends the session (wrap ErrSlotLost or ErrFatal to stop).
+	BeforeStart func(context.Context) error
 }
 
 // Streamer reads a logical replication slot and delivers committed
@@ -72,7 +81,9 @@ type Streamer struct {
 	received      LSN    // highest WAL position received
 	serverWALEnd  LSN    // highest WAL end the server reported
 	idleWALEnd    LSN    // server WAL end seen in a keepalive while between transactions
-	reported      LSN    // flush position last sent
+	reported      LSN    // flush position last sent; 0 before the first
+	savedIdle     LSN    // highest position SaveIdle recorded
+	idleSaveFails bool   // SaveIdle failed last time: warned already
 	lastReport    time.Time
 	lastServerMsg time.Time
 }
@@ -91,7 +102,7 @@ func NewStreamer(opts Options, checkpoint LSN) *Streamer {
 	}
 	dec := NewDecoder()
 	dec.NewSink = opts.NewSink
-	return &Streamer{opts: opts, log: opts.Logger, dec: dec, lastDelivered: checkpoint, reported: checkpoint}
+	return &Streamer{opts: opts, log: opts.Logger, dec: dec, lastDelivered: checkpoint}
 }
 
 // ErrFatal marks errors that reconnecting cannot fix.
@@ -146,6 +157,11 @@ func (s *Streamer) session(ctx context.Context, out chan<- *Transaction, ack Ack
 	// Start from what is durably applied: anything after it that is still
 	// queued for the applier is skipped on arrival by lastDelivered.
 	start, _ := ack.Acknowledged()
+	if s.opts.BeforeStart != nil {
+		if err := s.opts.BeforeStart(ctx); err != nil {
+			return err
+		}
+	}
 	err = pglogrepl.StartReplication(ctx, conn, s.opts.Slot, start, pglogrepl.StartReplicationOptions{
 		PluginArgs: pluginArgs(conn, s.opts.Publication),
 	})
@@ -204,7 +220,7 @@ func pluginArgs(conn *pgconn.PgConn, publication string) []string {
 // call, which cost a sixth of walbust's CPU per message when profiled.
 func (s *Streamer) receive(ctx context.Context, ack Acknowledger) (pgproto3.BackendMessage, error) {
 	wait := time.Until(s.lastReport.Add(s.opts.StatusInterval))
-	if lsn, applied := ack.Acknowledged(); lsn > s.reported || applied < s.delivered {
+	if _, applied := ack.Acknowledged(); s.flushPosition(ack) > s.reported || applied < s.delivered {
 		wait = min(wait, 50*time.Millisecond)
 	}
 	if err := s.conn.Conn().SetReadDeadline(time.Now().Add(max(wait, time.Millisecond))); err != nil {
@@ -314,13 +330,15 @@ func (s *Streamer) admit(ctx context.Context, tx *Transaction, ack Acknowledger)
 // flushPosition is the LSN that is safe to confirm: the acknowledged one, or
 // the server's WAL end when everything delivered is acknowledged and no
 // transaction is half received (lets the slot advance past WAL that only
-// touched unpublished tables).
+// touched unpublished tables). It is never past what this server has
+// streamed: an acknowledged position can come from a checkpoint, and one
+// from elsewhere would make the slot skip every change up to it.
 func (s *Streamer) flushPosition(ack Acknowledger) LSN {
 	lsn, applied := ack.Acknowledged()
 	if applied == s.delivered && !s.dec.InTransaction() && s.idleWALEnd > lsn {
 		lsn = s.idleWALEnd
 	}
-	return lsn
+	return min(lsn, max(s.received, s.idleWALEnd))
 }
 
 func (s *Streamer) maybeReport(ctx context.Context, ack Acknowledger, replyRequested bool) error {
@@ -338,6 +356,18 @@ func (s *Streamer) maybeReport(ctx context.Context, ack Acknowledger, replyReque
 // keepalive, which is how a silent half-open connection gets noticed.
 func (s *Streamer) report(ctx context.Context, ack Acknowledger, requestReply bool) error {
 	flush := s.flushPosition(ack)
+	if acked, _ := ack.Acknowledged(); flush > acked && flush > s.savedIdle && s.opts.SaveIdle != nil {
+		if err := s.opts.SaveIdle(flush); err != nil {
+			// Confirming it unsaved would leave the slot ahead of the
+			// checkpoint, which the next start takes for a re-created slot.
+			if !s.idleSaveFails {
+				s.log.Warn("cannot save the idle position; confirming only the acknowledged one", zap.Stringer("lsn", flush), zap.Error(err))
+			}
+			s.idleSaveFails, flush = true, acked
+		} else {
+			s.idleSaveFails, s.savedIdle = false, flush
+		}
+	}
 	if flush < s.reported {
 		flush = s.reported
 	}

@@ -26,6 +26,7 @@ Usage:
                                            print what a row change would invalidate
   walbust status   --config walbust.yaml [--json]
                                            slot, lag, checkpoint and daemon health; exit 1 if the slot is missing or lost
+                                           or the checkpoint is unusable
   walbust teardown --config walbust.yaml   drop the slot and the publication
   walbust version                          print the version
 

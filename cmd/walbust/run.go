@@ -140,7 +140,7 @@ func (d *daemon) stream(ctx context.Context) error {
 		URL: d.cfg.Postgres.URL, Slot: d.cfg.Postgres.Slot, Publication: d.cfg.Postgres.Publication,
 		StatusInterval: d.cfg.Postgres.StatusInterval, Logger: d.log.Named("replication"),
 		OnRelation: p.CheckRelation, NewSink: p.NewSink, Admitter: p,
-		OnConnected: d.metrics.Connected, OnReport: d.metrics.Reported,
+		OnConnected: d.metrics.Connected, OnReport: d.metrics.Reported, SaveIdle: d.store.Save, BeforeStart: d.recheckSlot,
 	}, stored)
 	d.log.Info("starting", zap.String("version", version), zap.String("shard", d.cfg.Shard), zap.String("slot", d.cfg.Postgres.Slot),
 		zap.String("redis_mode", d.cfg.Redis.Mode),
@@ -172,6 +172,9 @@ func (d *daemon) preflight(ctx context.Context) error {
 	for _, w := range clusterWarnings(d.loaded) {
 		d.log.Warn(w)
 	}
+	if err := d.bindCheckpoint(ctx); err != nil {
+		return err
+	}
 	slot, err := replication.LookupSlot(ctx, conn, d.cfg.Postgres.Slot)
 	if errors.Is(err, replication.ErrNoSlot) {
 		stored, lerr := d.store.Load()
@@ -190,6 +193,9 @@ func (d *daemon) preflight(ctx context.Context) error {
 	}
 	if slot.WALStatus == "lost" {
 		return d.slotLost(ctx, fmt.Errorf("%w: slot %q has wal_status=lost: Postgres removed WAL it still needed", replication.ErrSlotLost, slot.Name))
+	}
+	if err := d.checkSlotPosition(ctx, slot); err != nil {
+		return err
 	}
 	stored, err := d.store.Load()
 	if err != nil {

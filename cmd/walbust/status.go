@@ -16,12 +16,15 @@ import (
 
 // statusReport is what `walbust status --json` prints.
 type statusReport struct {
-	Slot        *slotStatus     `json:"slot"`
-	SlotProblem string          `json:"slot_problem,omitempty"`
-	Publication []string        `json:"publication_tables"`
-	Checkpoint  string          `json:"checkpoint_lsn"`
-	Daemon      *metrics.Status `json:"daemon,omitempty"`
-	DaemonError string          `json:"daemon_error,omitempty"`
+	Slot        *slotStatus `json:"slot"`
+	SlotProblem string      `json:"slot_problem,omitempty"`
+	Publication []string    `json:"publication_tables"`
+	Checkpoint  string      `json:"checkpoint_lsn"`
+	// CheckpointIdentity is nil for a file that records none yet.
+	CheckpointIdentity *checkpoint.Identity `json:"checkpoint_identity,omitempty"`
+	CheckpointProblem  string               `json:"checkpoint_problem,omitempty"`
+	Daemon             *metrics.Status      `json:"daemon,omitempty"`
+	DaemonError        string               `json:"daemon_error,omitempty"`
 }
 
 type slotStatus struct {
@@ -35,11 +38,12 @@ type slotStatus struct {
 }
 
 // errUnhealthy makes status exit non-zero after printing its report.
-var errUnhealthy = errors.New("replication slot missing or lost")
+var errUnhealthy = errors.New("replication slot missing or lost, or checkpoint unusable")
 
 // statusCommand answers "is it keeping up?" from Postgres, the checkpoint
 // file and, when reachable, the daemon itself. It exits 1 when the slot is
-// missing or lost, so it can back an alert.
+// missing or lost or the checkpoint file is unreadable, so it can back an
+// alert.
 func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, loader := newFlags("status", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -51,6 +55,7 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	var rep statusReport
+	var current replication.LSN // 0: not known (no slot)
 	conn, err := connectSQL(ctx, l.cfg.Postgres.URL)
 	if err != nil {
 		return err
@@ -65,9 +70,10 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	default:
 		rep.Slot = &slotStatus{Name: slot.Name, Active: slot.Active, ActivePID: slot.ActivePID,
 			ConfirmedFlushLSN: slot.ConfirmedFlushLSN.String(), WALStatus: slot.WALStatus, SafeWALSize: slot.SafeWALSize}
-		if err := conn.QueryRow(ctx, `SELECT pg_current_wal_lsn() - $1::pg_lsn`, slot.ConfirmedFlushLSN.String()).Scan(&rep.Slot.LagBytes); err != nil {
-			return fmt.Errorf("measure lag: %w", err)
+		if current, err = currentWAL(ctx, conn); err != nil {
+			return err
 		}
+		rep.Slot.LagBytes, rep.SlotProblem = slotLag(slot.ConfirmedFlushLSN, current)
 		if slot.WALStatus == "lost" {
 			rep.SlotProblem = "slot is lost (wal_status=lost): changes were missed"
 		}
@@ -75,11 +81,7 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if rep.Publication, err = replication.PublishedTables(ctx, conn, l.cfg.Postgres.Publication); err != nil {
 		return err
 	}
-	if store, err := checkpoint.Open(l.cfg.Checkpoint.Path); err == nil {
-		if lsn, err := store.Load(); err == nil {
-			rep.Checkpoint = lsn.String()
-		}
-	}
+	readCheckpoint(l.cfg.Checkpoint.Path, current, &rep)
 	if l.cfg.Listen != "" {
 		rep.Daemon, err = fetchDaemonStatus(ctx, l.cfg.Listen)
 		if err != nil {
@@ -95,7 +97,7 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	} else {
 		printStatus(stdout, l.cfg.Postgres.Slot, l.cfg.Postgres.Publication, l.cfg.Listen, &rep)
 	}
-	if rep.SlotProblem != "" {
+	if rep.SlotProblem != "" || rep.CheckpointProblem != "" {
 		return errUnhealthy
 	}
 	return nil
@@ -128,16 +130,23 @@ func printStatus(w io.Writer, slotName, publication, listen string, rep *statusR
 		}
 		safe := "unlimited"
 		if s.SafeWALSize != nil {
-			safe = bytesString(*s.SafeWALSize)
+			safe = bytesString(uint64(max(*s.SafeWALSize, 0)))
 		}
 		fmt.Fprintf(w, "slot %s: %s, confirmed %s, lag %s, wal_status %s, safe_wal_size %s\n",
-			s.Name, active, s.ConfirmedFlushLSN, bytesString(s.LagBytes), s.WALStatus, safe)
+			s.Name, active, s.ConfirmedFlushLSN, bytesString(uint64(max(s.LagBytes, 0))), s.WALStatus, safe)
 	}
 	if rep.SlotProblem != "" {
 		fmt.Fprintf(w, "slot %s: PROBLEM: %s\n", slotName, rep.SlotProblem)
 	}
 	fmt.Fprintf(w, "publication %s: %d table(s) %v\n", publication, len(rep.Publication), rep.Publication)
-	fmt.Fprintf(w, "checkpoint: %s\n", rep.Checkpoint)
+	switch {
+	case rep.CheckpointProblem != "":
+		fmt.Fprintf(w, "checkpoint: PROBLEM: %s\n", rep.CheckpointProblem)
+	case rep.CheckpointIdentity != nil:
+		fmt.Fprintf(w, "checkpoint: %s (%s)\n", rep.Checkpoint, rep.CheckpointIdentity)
+	default:
+		fmt.Fprintf(w, "checkpoint: %s\n", rep.Checkpoint)
+	}
 	switch {
 	case rep.Daemon != nil:
 		d := rep.Daemon
@@ -154,18 +163,18 @@ func printStatus(w io.Writer, slotName, publication, listen string, rep *statusR
 			last = time.Since(d.LastCommitTime).Round(time.Millisecond).String() + " ago"
 		}
 		fmt.Fprintf(w, "daemon %s (%s): %s, lag %s, last commit applied %s, %d transactions since start\n",
-			listen, d.Version, state, bytesString(int64(d.LagBytes)), last, d.Transactions)
+			listen, d.Version, state, bytesString(d.LagBytes), last, d.Transactions)
 	case rep.DaemonError != "":
 		fmt.Fprintf(w, "daemon: %s\n", rep.DaemonError)
 	}
 }
 
-func bytesString(n int64) string {
+func bytesString(n uint64) string {
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%d B", n)
 	}
-	div, exp := int64(unit), 0
+	div, exp := uint64(unit), 0
 	for m := n / unit; m >= unit; m /= unit {
 		div *= unit
 		exp++

@@ -1,0 +1,32 @@
+package replication
+
+import "testing"
+
+type fixedAck struct {
+	lsn     LSN
+	applied uint64
+}
+
+func (a fixedAck) Acknowledged() (LSN, uint64) { return a.lsn, a.applied }
+
+// The acknowledged position can come from a checkpoint file; only what this
+// server has streamed may be confirmed to it.
+func TestFlushPositionNeverPastWhatWasStreamed(t *testing.T) {
+	const foreign = LSN(0xFFFFFFFF_FFFFFF00)
+	s := NewStreamer(Options{}, foreign)
+	if got := s.flushPosition(fixedAck{lsn: foreign}); got != 0 {
+		t.Errorf("nothing streamed yet: flush %s, want 0/0", got)
+	}
+	s.received = 0x1000
+	if got := s.flushPosition(fixedAck{lsn: foreign}); got != 0x1000 {
+		t.Errorf("streamed to 0/1000: flush %s, want 0/1000", got)
+	}
+	s.idleWALEnd = 0x2000
+	if got := s.flushPosition(fixedAck{lsn: 0x800}); got != 0x2000 {
+		t.Errorf("idle at 0/2000 with everything acknowledged: flush %s, want 0/2000", got)
+	}
+	s.delivered = 1
+	if got := s.flushPosition(fixedAck{lsn: 0x800}); got != 0x800 {
+		t.Errorf("a delivered transaction unacknowledged: flush %s, want the acknowledged 0/800", got)
+	}
+}
