@@ -31,6 +31,7 @@ type daemon struct {
 	replicas *replicas.Watcher
 	querier  mapping.Querier
 	metrics  *metrics.Metrics
+	tables   *tableState // set by preflight
 }
 
 // runCommand streams until SIGINT/SIGTERM: then the batch in flight is
@@ -96,6 +97,7 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 	defer stopBackground()
 	go every(bg, 2*time.Second, d.pingRedis)
 	go every(bg, 15*time.Second, (&slotWatcher{d: d, conn: lazyConn{url: l.cfg.Postgres.URL}}).poll)
+	go every(bg, tableCheckInterval, (&tableWatcher{d: d, conn: lazyConn{url: l.cfg.Postgres.URL}}).poll)
 	if l.cfg.Postgres.HeartbeatInterval > 0 {
 		go every(bg, l.cfg.Postgres.HeartbeatInterval, (&heartbeat{d: d, conn: lazyConn{url: l.cfg.Postgres.URL}}).beat)
 	}
@@ -117,7 +119,8 @@ func (d *daemon) stream(ctx context.Context) error {
 		return err
 	}
 	opts := pipeline.Options{
-		Registry: d.reg, Querier: d.querier, Applier: d.inv, Store: d.store, Logger: d.log, Observer: d.metrics,
+		Registry: d.reg, Querier: d.querier, Applier: d.tables.applier, Store: d.store, Logger: d.log, Observer: d.metrics,
+		TableOIDs:  d.tables.oids,
 		Checkpoint: stored, ShutdownGrace: d.cfg.ShutdownTimeout, MaxTxChanges: d.cfg.MaxTxChanges,
 		Visibility: d.visible, ReplicaWaitMax: d.cfg.Replicas.WaitMax,
 	}
@@ -147,6 +150,9 @@ func (d *daemon) preflight(ctx context.Context) error {
 	defer closeQuietly(ctx, conn)
 	problems, err := validate.Registry(ctx, conn, d.reg, d.cfg.Postgres.Publication)
 	if err != nil {
+		return err
+	}
+	if problems, err = d.bindTables(ctx, conn, problems); err != nil {
 		return err
 	}
 	if len(problems) > 0 {
@@ -214,7 +220,7 @@ func (d *daemon) slotLost(ctx context.Context, cause error) error {
 	for _, p := range plan.Problems {
 		d.log.Error("resync cannot invalidate a table's keys; flush them by hand", zap.String("table", p.Table), zap.String("problem", p.Msg))
 	}
-	st, err := d.inv.ApplyBatch(ctx, lsn, plan.Invalidations())
+	st, err := d.tables.applier.ApplyBatch(ctx, lsn, plan.Invalidations())
 	if err != nil {
 		return fmt.Errorf("resync: %w", err)
 	}

@@ -111,9 +111,9 @@ func printSetupSQL(w io.Writer, l *loaded, targets []*loaded) error {
 	tables := make([]string, 0, len(l.reg.Tables))
 	schemas := map[string]bool{}
 	for _, name := range l.reg.Names() {
-		schema, table, _ := strings.Cut(name, ".")
-		schemas[schema] = true
-		tables = append(tables, pgx.Identifier{schema, table}.Sanitize())
+		t := l.reg.Tables[name]
+		schemas[t.Schema] = true
+		tables = append(tables, pgx.Identifier{t.Schema, t.Relname}.Sanitize())
 	}
 	fmt.Fprintf(w, "-- Run as a superuser (or the owner of the tables) in database %s.\n", pgx.Identifier{cfg.Database}.Sanitize())
 	fmt.Fprintf(w, "CREATE ROLE %s LOGIN REPLICATION PASSWORD 'change-me';\n", role)
@@ -134,7 +134,7 @@ func printSetupSQL(w io.Writer, l *loaded, targets []*loaded) error {
 		if t.cfg.Shard != "" {
 			fmt.Fprintf(w, "-- Shard %s:\n", t.cfg.Shard)
 		}
-		fmt.Fprintf(w, "CREATE PUBLICATION %s FOR TABLE %s;\n", pgx.Identifier{t.cfg.Postgres.Publication}.Sanitize(), strings.Join(quotedTables(t.reg.Names()), ", "))
+		fmt.Fprintf(w, "CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true);\n", pgx.Identifier{t.cfg.Postgres.Publication}.Sanitize(), strings.Join(quotedTables(t.reg.Names()), ", "))
 		fmt.Fprintf(w, "-- The slot can be created by the role itself with `walbust setup`, or here:\n")
 		fmt.Fprintf(w, "SELECT pg_create_logical_replication_slot('%s', 'pgoutput');\n", t.cfg.Postgres.Slot)
 	}
@@ -156,7 +156,7 @@ func printSetupSQL(w io.Writer, l *loaded, targets []*loaded) error {
 func quotedTables(names []string) []string {
 	out := make([]string, len(names))
 	for i, name := range names {
-		schema, table, _ := strings.Cut(name, ".")
+		schema, table, _ := replication.ParseQualifiedName(name) // registry names parse
 		out[i] = pgx.Identifier{schema, table}.Sanitize()
 	}
 	return out

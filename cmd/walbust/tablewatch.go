@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+
+	"github.com/walbust/walbust/invalidator"
+	"github.com/walbust/walbust/mapping"
+	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/validate"
+)
+
+// A mapped table that disappears (DROP TABLE) sends nothing down the
+// stream, so walbust looks: at start (preflight) and every
+// tableCheckInterval while running. Its cached rows are all wrong now, so
+// its on_truncate rules are applied once, loudly, and the other tables are
+// served as before. A table that is missing at start does not stop walbust
+// either; validate still reports it.
+
+// tableState is the daemon's view of its tables.
+type tableState struct {
+	oids    map[string][]uint32 // bound at start, for the pipeline's mapper
+	applier *serialApplier
+	mu      sync.Mutex
+	gone    map[string]bool // tables known not to exist, whose on_truncate was applied
+}
+
+// serialApplier lets the table watcher apply invalidations between the
+// pipeline's batches: an Invalidator applies one batch at a time.
+type serialApplier struct {
+	mu  sync.Mutex
+	inv *invalidator.Invalidator
+}
+
+func (a *serialApplier) ApplyBatch(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.inv.ApplyBatch(ctx, lsn, invs)
+}
+
+// bindTables resolves the registry's tables at start. Of problems (from
+// validate.Registry) it returns those that must stop walbust: a missing
+// table is not one of them; it is logged, and its on_truncate rules applied.
+func (d *daemon) bindTables(ctx context.Context, conn *pgx.Conn, problems validate.Problems) (validate.Problems, error) {
+	path := bindingsPath(d.cfg.Checkpoint.Path)
+	b, err := resolveTables(ctx, conn, d.reg, d.cfg.Postgres.Publication, path)
+	if err != nil {
+		return nil, err
+	}
+	if err := saveBindings(path, b.oids); err != nil {
+		return nil, err
+	}
+	d.tables = &tableState{oids: b.oids, applier: &serialApplier{inv: d.inv}, gone: map[string]bool{}}
+	var fatal validate.Problems
+	for _, p := range problems {
+		if p.MissingTable == "" {
+			fatal = append(fatal, p)
+		}
+	}
+	for _, name := range d.reg.Names() {
+		t := d.reg.Tables[name]
+		at := fmt.Sprintf("%s:%d:%d", d.reg.File, t.Line, t.Column)
+		if now := b.renamed[name]; now != "" {
+			d.log.Warn("table renamed; still invalidating it by OID, but deps.yaml names the old name", zap.String("table", name),
+				zap.String("relation", now), zap.String("deps", at), zap.String("fix", fmt.Sprintf("write %s instead of %s in %s", now, name, at)))
+		}
+		for _, other := range b.others[name] {
+			d.log.Warn("a table renamed away from a name in deps.yaml is still published; applying that entry's rules to it too",
+				zap.String("table", name), zap.String("relation", other), zap.String("deps", at),
+				zap.String("fix", fmt.Sprintf("once %s is no longer needed, run walbust setup to stop publishing it", other)))
+		}
+	}
+	if len(fatal) > 0 || len(b.missing) == 0 {
+		return fatal, nil
+	}
+	lsn, err := currentLSN(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	return nil, d.tablesGone(ctx, lsn, b.missing, "at start")
+}
+
+// currentLSN is the WAL position now: past the DROP of a table found
+// missing, so bump and fence record a version above the table's last change.
+func currentLSN(ctx context.Context, conn *pgx.Conn) (replication.LSN, error) {
+	var text string
+	if err := conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&text); err != nil {
+		return 0, fmt.Errorf("current WAL position: %w", err)
+	}
+	return replication.ParseLSN(text)
+}
+
+// tablesGone applies the on_truncate rules of tables that no longer exist
+// and remembers them, so that is done once.
+func (d *daemon) tablesGone(ctx context.Context, lsn replication.LSN, names []string, when string) error {
+	gone, err := d.reg.Only(names)
+	if err != nil {
+		return err
+	}
+	var plan mapping.Plan
+	mapping.NewMapper(gone, nil).MapEverything(uint64(lsn), &plan)
+	for _, name := range names {
+		t := d.reg.Tables[name]
+		d.log.Error("a table in deps.yaml does not exist (dropped?); applying its on_truncate rules once and serving the other tables",
+			zap.String("table", name), zap.String("noticed", when), zap.String("deps", fmt.Sprintf("%s:%d:%d", d.reg.File, t.Line, t.Column)),
+			zap.String("fix", fmt.Sprintf("remove %s from %s (walbust validate reports it until then), or create it again", name, d.reg.File)))
+	}
+	for _, p := range plan.Problems {
+		d.log.Error("a dropped table has no on_truncate rules, so its keys cannot be invalidated; flush them by hand",
+			zap.String("table", p.Table), zap.String("problem", p.Msg))
+	}
+	st, err := d.tables.applier.ApplyBatch(ctx, lsn, plan.Invalidations())
+	if err != nil {
+		return fmt.Errorf("apply on_truncate rules of dropped table(s): %w", err)
+	}
+	d.tables.mu.Lock()
+	for _, name := range names {
+		d.tables.gone[name] = true
+		d.metrics.MissingTables.WithLabelValues(name).Set(1)
+	}
+	d.tables.mu.Unlock()
+	d.log.Warn("applied the on_truncate rules of dropped table(s)", zap.Strings("tables", names), zap.Stringer("lsn", lsn),
+		zap.Int("keys", st.Keys), zap.Int("patterns", st.Patterns), zap.Int("keys_removed_by_patterns", st.PatternMatches))
+	return nil
+}
+
+// tableWatcher notices, while running, mapped tables that stop existing:
+// by name and by the OIDs bound at start (a renamed table still exists).
+type tableWatcher struct {
+	d    *daemon
+	conn lazyConn
+}
+
+func (w *tableWatcher) poll(ctx context.Context) {
+	st := w.d.tables
+	var ids []uint32
+	for _, oids := range st.oids {
+		ids = append(ids, oids...)
+	}
+	var dropped, back []string
+	err := w.conn.do(ctx, func(ctx context.Context, conn *pgx.Conn) error {
+		byName, err := replication.TableOIDs(ctx, conn, w.d.reg.Names())
+		if err != nil {
+			return err
+		}
+		current, err := replication.TableNames(ctx, conn, ids)
+		if err != nil {
+			return err
+		}
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		for _, name := range w.d.reg.Names() {
+			_, exists := byName[name]
+			for _, id := range st.oids[name] {
+				_, ok := current[id]
+				exists = exists || ok
+			}
+			switch {
+			case !exists && !st.gone[name]:
+				dropped = append(dropped, name)
+			case exists && st.gone[name]:
+				back = append(back, name)
+				delete(st.gone, name)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return // the stream reports connection trouble
+	}
+	for _, name := range back {
+		w.d.metrics.MissingTables.WithLabelValues(name).Set(0)
+		w.d.log.Info("a table in deps.yaml exists again; its rules apply to its changes", zap.String("table", name))
+	}
+	if len(dropped) == 0 {
+		return
+	}
+	var lsn replication.LSN
+	err = w.conn.do(ctx, func(ctx context.Context, conn *pgx.Conn) (err error) {
+		lsn, err = currentLSN(ctx, conn)
+		return err
+	})
+	if err == nil {
+		err = w.d.tablesGone(ctx, lsn, dropped, "while running")
+	}
+	if err != nil {
+		// Not marked gone: the next poll tries again.
+		w.d.log.Error("could not apply the on_truncate rules of dropped table(s); retrying", zap.Strings("tables", dropped), zap.Error(err))
+	}
+}
+
+// tableCheckInterval is how often the catalog is checked for dropped
+// tables: a few cheap catalog lookups.
+const tableCheckInterval = 5 * time.Second
