@@ -71,7 +71,9 @@ func TestTablesRenameSwap(t *testing.T) {
 	// After a restart both are still mapped: the new one by name, the old
 	// one by its remembered OID while it is published.
 	e.stop()
+	off = e.regLogOffset()
 	e.start()
+	e.regWaitLog(off, `"level":"warn"[^\n]*renamed away from a name in deps.yaml is still published[^\n]*"relation":"public.products_old"[^\n]*run walbust setup`, invalidateTimeout)
 	e.cache("product:1", "product:10")
 	e.exec("UPDATE products_old SET price_cents = 2 WHERE id = 1")
 	e.exec("UPDATE products SET price_cents = 6 WHERE id = 10")
@@ -201,7 +203,7 @@ func TestTablesDroppedWhileRunning(t *testing.T) {
 	off := e.regLogOffset()
 	e.exec("DROP TABLE products")
 	e.waitGone("product:1", "product:99", "category:1:products")
-	line := e.regWaitLog(off, `[^\n]*"level":"error"[^\n]*a table in deps.yaml does not exist[^\n]*`, invalidateTimeout)
+	line := e.regWaitLog(off, `[^\n]*"level":"error"[^\n]*a table in deps.yaml was dropped[^\n]*`, invalidateTimeout)
 	for _, want := range []string{`"table":"public.products"`, `"noticed":"while running"`, "deps.yaml:4:3", "remove public.products from"} {
 		if !strings.Contains(line, want) {
 			t.Errorf("the drop's log line lacks %s: %s", want, line)
@@ -226,7 +228,7 @@ func TestTablesDroppedWhileRunning(t *testing.T) {
 	e.stop()
 	off = e.regLogOffset()
 	e.start() // fails the test if walbust exits (it used to, with code 2)
-	e.regWaitLog(off, `"level":"error"[^\n]*a table in deps.yaml does not exist[^\n]*"noticed":"at start"`, invalidateTimeout)
+	e.regWaitLog(off, `"level":"error"[^\n]*a table in deps.yaml was dropped[^\n]*"noticed":"at start"`, invalidateTimeout)
 	e.cache("category:3")
 	e.exec("UPDATE categories SET name = 'again' WHERE id = 3")
 	e.waitGone("category:3")
@@ -235,4 +237,26 @@ func TestTablesDroppedWhileRunning(t *testing.T) {
 	if want := filepath.Join(e.dir, "deps.yaml") + ":4:3: table public.products does not exist"; code != 1 || !strings.Contains(out, want) {
 		t.Errorf("walbust validate exited %d, want 1 and %q:\n%s", code, want, out)
 	}
+}
+
+// DROP and CREATE under the same name, in one transaction: the name never
+// goes missing, but the rows cached from the old table are wrong, so its
+// on_truncate rules are applied; the new table is mapped by name.
+func TestTablesDroppedAndRecreated(t *testing.T) {
+	e := newEnv(t, envOptions{seed: defaultSeed})
+	e.cache("category:1", "category:3:products", "product:1", "unrelated")
+	off := e.regLogOffset()
+	e.exec(fmt.Sprintf(`BEGIN;
+DROP TABLE categories CASCADE;
+CREATE TABLE categories (id bigint PRIMARY KEY, name text NOT NULL);
+ALTER PUBLICATION %s ADD TABLE categories;
+COMMIT`, e.name))
+	e.waitGone("category:1", "category:3:products")
+	e.regWaitLog(off, `"level":"error"[^\n]*a table in deps.yaml was dropped[^\n]*"table":"public.categories"[^\n]*OID \d+, the table named public.categories when walbust started, was dropped`, invalidateTimeout)
+	e.fence() // an INSERT into the new categories
+	e.cache("product:1")
+	e.exec("UPDATE products SET price_cents = 3 WHERE id = 1")
+	e.waitGone("product:1")
+	e.fence()
+	e.assertPresent("unrelated")
 }

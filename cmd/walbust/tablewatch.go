@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,23 +12,38 @@ import (
 
 	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/mapping"
+	"github.com/walbust/walbust/metrics"
 	"github.com/walbust/walbust/replication"
 	"github.com/walbust/walbust/validate"
 )
 
 // A mapped table that disappears (DROP TABLE) sends nothing down the
 // stream, so walbust looks: at start (preflight) and every
-// tableCheckInterval while running. Its cached rows are all wrong now, so
-// its on_truncate rules are applied once, loudly, and the other tables are
-// served as before. A table that is missing at start does not stop walbust
+// tableCheckInterval while running, by name and by the OIDs bound at start
+// (so a DROP followed by a CREATE of the same name counts too). Its cached
+// rows are all wrong now, so its on_truncate rules are applied once,
+// loudly, and the other tables are served as before. A table that is missing at start does not stop walbust
 // either; validate still reports it.
 
 // tableState is the daemon's view of its tables.
 type tableState struct {
-	oids    map[string][]uint32 // bound at start, for the pipeline's mapper
-	applier *serialApplier
-	mu      sync.Mutex
-	gone    map[string]bool // tables known not to exist, whose on_truncate was applied
+	oids     map[string][]uint32 // bound at start, for the pipeline's mapper
+	applier  *serialApplier
+	mu       sync.Mutex
+	gone     map[string]bool // tables known not to exist, whose on_truncate was applied
+	goneOIDs map[uint32]bool // tables bound at start that were dropped, likewise
+}
+
+func (st *tableState) markGone(names []string, oids []uint32, m *metrics.Metrics) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for _, name := range names {
+		st.gone[name] = true
+		m.MissingTables.WithLabelValues(name).Set(1)
+	}
+	for _, id := range oids {
+		st.goneOIDs[id] = true
+	}
 }
 
 // serialApplier lets the table watcher apply invalidations between the
@@ -53,9 +69,10 @@ func (d *daemon) bindTables(ctx context.Context, conn *pgx.Conn, problems valida
 		return nil, err
 	}
 	if err := saveBindings(path, b.oids); err != nil {
-		return nil, err
+		// Only a restart after a rename needs the file: not worth stopping for.
+		d.log.Warn("cannot remember which tables deps.yaml names; after a restart, renamed tables will be looked up by name only", zap.Error(err))
 	}
-	d.tables = &tableState{oids: b.oids, applier: &serialApplier{inv: d.inv}, gone: map[string]bool{}}
+	d.tables = &tableState{oids: b.oids, applier: &serialApplier{inv: d.inv}, gone: map[string]bool{}, goneOIDs: map[uint32]bool{}}
 	var fatal validate.Problems
 	for _, p := range problems {
 		if p.MissingTable == "" {
@@ -82,7 +99,11 @@ func (d *daemon) bindTables(ctx context.Context, conn *pgx.Conn, problems valida
 	if err != nil {
 		return nil, err
 	}
-	return nil, d.tablesGone(ctx, lsn, b.missing, "at start")
+	if err := d.tablesGone(ctx, lsn, b.missing, "at start", ""); err != nil {
+		return nil, err
+	}
+	d.tables.markGone(b.missing, nil, d.metrics)
+	return nil, nil
 }
 
 // currentLSN is the WAL position now: past the DROP of a table found
@@ -95,9 +116,8 @@ func currentLSN(ctx context.Context, conn *pgx.Conn) (replication.LSN, error) {
 	return replication.ParseLSN(text)
 }
 
-// tablesGone applies the on_truncate rules of tables that no longer exist
-// and remembers them, so that is done once.
-func (d *daemon) tablesGone(ctx context.Context, lsn replication.LSN, names []string, when string) error {
+// tablesGone applies the on_truncate rules of tables that were dropped.
+func (d *daemon) tablesGone(ctx context.Context, lsn replication.LSN, names []string, when, detail string) error {
 	gone, err := d.reg.Only(names)
 	if err != nil {
 		return err
@@ -106,9 +126,12 @@ func (d *daemon) tablesGone(ctx context.Context, lsn replication.LSN, names []st
 	mapping.NewMapper(gone, nil).MapEverything(uint64(lsn), &plan)
 	for _, name := range names {
 		t := d.reg.Tables[name]
-		d.log.Error("a table in deps.yaml does not exist (dropped?); applying its on_truncate rules once and serving the other tables",
-			zap.String("table", name), zap.String("noticed", when), zap.String("deps", fmt.Sprintf("%s:%d:%d", d.reg.File, t.Line, t.Column)),
-			zap.String("fix", fmt.Sprintf("remove %s from %s (walbust validate reports it until then), or create it again", name, d.reg.File)))
+		fields := []zap.Field{zap.String("table", name), zap.String("noticed", when), zap.String("deps", fmt.Sprintf("%s:%d:%d", d.reg.File, t.Line, t.Column)),
+			zap.String("fix", fmt.Sprintf("remove %s from %s (walbust validate reports it until then), or create it again", name, d.reg.File))}
+		if detail != "" {
+			fields = append(fields, zap.String("detail", detail))
+		}
+		d.log.Error("a table in deps.yaml was dropped; applying its on_truncate rules once and serving the other tables", fields...)
 	}
 	for _, p := range plan.Problems {
 		d.log.Error("a dropped table has no on_truncate rules, so its keys cannot be invalidated; flush them by hand",
@@ -118,12 +141,6 @@ func (d *daemon) tablesGone(ctx context.Context, lsn replication.LSN, names []st
 	if err != nil {
 		return fmt.Errorf("apply on_truncate rules of dropped table(s): %w", err)
 	}
-	d.tables.mu.Lock()
-	for _, name := range names {
-		d.tables.gone[name] = true
-		d.metrics.MissingTables.WithLabelValues(name).Set(1)
-	}
-	d.tables.mu.Unlock()
 	d.log.Warn("applied the on_truncate rules of dropped table(s)", zap.Strings("tables", names), zap.Stringer("lsn", lsn),
 		zap.Int("keys", st.Keys), zap.Int("patterns", st.Patterns), zap.Int("keys_removed_by_patterns", st.PatternMatches))
 	return nil
@@ -142,7 +159,9 @@ func (w *tableWatcher) poll(ctx context.Context) {
 	for _, oids := range st.oids {
 		ids = append(ids, oids...)
 	}
-	var dropped, back []string
+	var dropped, missing, back []string
+	var droppedOIDs []uint32
+	var detail []string
 	err := w.conn.do(ctx, func(ctx context.Context, conn *pgx.Conn) error {
 		byName, err := replication.TableOIDs(ctx, conn, w.d.reg.Names())
 		if err != nil {
@@ -155,15 +174,25 @@ func (w *tableWatcher) poll(ctx context.Context) {
 		st.mu.Lock()
 		defer st.mu.Unlock()
 		for _, name := range w.d.reg.Names() {
-			_, exists := byName[name]
+			_, alive := byName[name]
+			lost := false
 			for _, id := range st.oids[name] {
-				_, ok := current[id]
-				exists = exists || ok
+				if _, ok := current[id]; ok {
+					alive = true
+				} else if !st.goneOIDs[id] {
+					// Dropped, though the name may already be taken again
+					// (DROP and CREATE): the old rows' keys are wrong either way.
+					droppedOIDs, lost = append(droppedOIDs, id), true
+					detail = append(detail, fmt.Sprintf("OID %d, the table named %s when walbust started, was dropped", id, name))
+				}
 			}
 			switch {
-			case !exists && !st.gone[name]:
+			case !alive && !st.gone[name]:
+				missing = append(missing, name)
 				dropped = append(dropped, name)
-			case exists && st.gone[name]:
+			case lost:
+				dropped = append(dropped, name)
+			case alive && st.gone[name]:
 				back = append(back, name)
 				delete(st.gone, name)
 			}
@@ -186,12 +215,14 @@ func (w *tableWatcher) poll(ctx context.Context) {
 		return err
 	})
 	if err == nil {
-		err = w.d.tablesGone(ctx, lsn, dropped, "while running")
+		err = w.d.tablesGone(ctx, lsn, dropped, "while running", strings.Join(detail, "; "))
 	}
 	if err != nil {
 		// Not marked gone: the next poll tries again.
 		w.d.log.Error("could not apply the on_truncate rules of dropped table(s); retrying", zap.Strings("tables", dropped), zap.Error(err))
+		return
 	}
+	st.markGone(missing, droppedOIDs, w.d.metrics)
 }
 
 // tableCheckInterval is how often the catalog is checked for dropped
