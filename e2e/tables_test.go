@@ -260,3 +260,18 @@ COMMIT`, e.name))
 	e.fence()
 	e.assertPresent("unrelated")
 }
+
+// Naming a partitioned parent and one of its partitions: the partition's
+// rows arrive as the parent, so its own rules would never run. validate
+// says so, with the fix, instead of sending the operator to setup.
+func TestTablesPartitionAndParentBothNamed(t *testing.T) {
+	e := newEnv(t, envOptions{extraSchema: tablesPartitionSchema, noStart: true, deps: tablesPartitionDeps + `  public.orders_eu:
+    keys: ["order-eu:{id}"]
+`})
+	out, code := e.walbust("validate")
+	want := filepath.Join(e.dir, "deps.yaml") + ":9:3: table public.orders_eu is a partition of public.orders, which is published too, " +
+		"so its rows arrive as public.orders (publish_via_partition_root) and these rules never run: move them to public.orders's entry, or name only the partition"
+	if code != 1 || !strings.Contains(out, want) {
+		t.Errorf("validate exited %d, want 1 and\n%s\ngot:\n%s", code, want, out)
+	}
+}
