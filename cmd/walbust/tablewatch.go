@@ -59,9 +59,9 @@ func (a *serialApplier) ApplyBatch(ctx context.Context, lsn replication.LSN, inv
 	return a.inv.ApplyBatch(ctx, lsn, invs)
 }
 
-// bindTables resolves the registry's tables at start. Of problems (from
-// validate.Registry) it returns those that must stop walbust: a missing
-// table is not one of them; it is logged, and its on_truncate rules applied.
+// bindTables resolves the registry's tables at start. It returns problems
+// (from validate.Registry) when any must stop walbust: a missing table
+// alone does not; it is logged, and its on_truncate rules applied.
 func (d *daemon) bindTables(ctx context.Context, conn *pgx.Conn, problems validate.Problems) (validate.Problems, error) {
 	path := bindingsPath(d.cfg.Checkpoint.Path)
 	b, err := resolveTables(ctx, conn, d.reg, d.cfg.Postgres.Publication, path)
@@ -92,8 +92,11 @@ func (d *daemon) bindTables(ctx context.Context, conn *pgx.Conn, problems valida
 				zap.String("fix", fmt.Sprintf("once %s is no longer needed, run walbust setup to stop publishing it", other)))
 		}
 	}
-	if len(fatal) > 0 || len(b.missing) == 0 {
-		return fatal, nil
+	if len(fatal) > 0 {
+		return problems, nil // refused anyway: report everything validate would
+	}
+	if len(b.missing) == 0 {
+		return nil, nil
 	}
 	lsn, err := currentLSN(ctx, conn)
 	if err != nil {
