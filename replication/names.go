@@ -29,7 +29,7 @@ func ParseQualifiedName(s string) (schema, table string, err error) {
 		rest = tail[1:] // past the dot
 	}
 	if len(parts) != 2 {
-		return "", "", fmt.Errorf("table name %q %s (it has %d parts)", s, hint, len(parts))
+		return "", "", fmt.Errorf("table name %q %s (found %d part(s))", s, hint, len(parts))
 	}
 	return parts[0], parts[1], nil
 }
