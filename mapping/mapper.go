@@ -28,6 +28,9 @@ type Mapper struct {
 	// Zero: no cap.
 	MaxTxChanges int
 	bindings     map[uint32]*binding // by relation ID; replaced when the relation is redescribed
+	oids         map[uint32]*Table   // tables by OID: from the catalog at start, and learned by name
+	noticed      map[string]bool     // notices already given
+	notices      []Notice            // given since the last Relation call
 	scratch      [2]image            // old and new image of the change being mapped
 	imgs         [2]*image           // pointers into scratch, so images() need not allocate
 }
@@ -35,14 +38,20 @@ type Mapper struct {
 // NewMapper returns a Mapper over reg. querier may be nil when no rule has a
 // query.
 func NewMapper(reg *Registry, querier Querier) *Mapper {
-	return &Mapper{reg: reg, querier: querier, bindings: map[uint32]*binding{}}
+	return &Mapper{reg: reg, querier: querier, bindings: map[uint32]*binding{}, oids: map[uint32]*Table{}, noticed: map[string]bool{}}
 }
 
-// binding is a table's registry entry resolved against one Relation message.
+// binding is the registry tables one Relation message's changes map to:
+// usually one; none for a published table no rule maps; two when a table
+// bound by OID and another registered under the relation's name differ.
 type binding struct {
+	tables []tableBinding
+	rel    *replication.Relation
+	index  map[string]int
+}
+
+type tableBinding struct {
 	table   *Table
-	rel     *replication.Relation
-	index   map[string]int
 	missing []string // columns the rules read that the relation does not have
 }
 
@@ -50,17 +59,21 @@ func (m *Mapper) bind(rel *replication.Relation) *binding {
 	if b, ok := m.bindings[rel.ID]; ok && b.rel == rel {
 		return b
 	}
-	b := &binding{rel: rel} // table nil: not in the registry
-	if t := m.reg.Tables[rel.QualifiedName()]; t != nil {
-		b.table, b.index = t, make(map[string]int, len(rel.Columns))
-		for i, c := range rel.Columns {
-			b.index[c.Name] = i
-		}
-		for _, c := range t.Columns() {
-			if _, ok := b.index[c]; !ok {
-				b.missing = append(b.missing, c)
+	b := &binding{rel: rel}
+	for _, t := range m.tablesOf(rel) {
+		if b.index == nil {
+			b.index = make(map[string]int, len(rel.Columns))
+			for i, c := range rel.Columns {
+				b.index[c.Name] = i
 			}
 		}
+		tb := tableBinding{table: t}
+		for _, c := range t.Columns() {
+			if _, ok := b.index[c]; !ok {
+				tb.missing = append(tb.missing, c)
+			}
+		}
+		b.tables = append(b.tables, tb)
 	}
 	m.bindings[rel.ID] = b
 	return b
@@ -83,15 +96,23 @@ func (m *Mapper) Map(ctx context.Context, tx *replication.Transaction, plan *Pla
 // Nothing of c is kept, so its values may alias a buffer.
 func (m *Mapper) MapChange(c *replication.Change, plan *Plan) {
 	b := m.bind(c.Relation)
-	if b.table == nil {
+	if len(b.tables) == 0 {
+		// Published, but no rule maps it: counted, never silently dropped.
+		plan.countUnmapped(c.Relation.QualifiedName(), c.Op)
 		return
 	}
 	plan.Changes++
-	t := b.table
+	for i := range b.tables {
+		m.mapTable(c, b, &b.tables[i], plan)
+	}
+}
+
+func (m *Mapper) mapTable(c *replication.Change, b *binding, tb *tableBinding, plan *Plan) {
+	t := tb.table
 	plan.countN(t.Name, c.Op, 1)
-	if len(b.missing) > 0 {
+	if len(tb.missing) > 0 {
 		plan.problem(t.Name, c.Op, fmt.Sprintf("table has no column(s) %s named in %s; rules using them were not applied",
-			strings.Join(b.missing, ", "), m.reg.File), 1)
+			strings.Join(tb.missing, ", "), m.reg.File), 1)
 	}
 	if c.Op == replication.Truncate {
 		m.truncate(plan, t, c.Op)

@@ -26,6 +26,8 @@ type Plan struct {
 	// replaced by their on_truncate rules.
 	Overflowed   bool
 	ChangeCounts []ChangeCount
+	// Unmapped counts changes of published tables that no rule maps.
+	Unmapped []ChangeCount
 
 	arena     []byte  // the keys' bytes, back to back
 	entries   []entry // in the order first derived
@@ -92,6 +94,7 @@ func (p *Plan) Reset() {
 	p.Changes, p.Unrendered, p.Skipped, p.Lookups = 0, 0, 0, 0
 	p.Overflowed = false
 	p.ChangeCounts = p.ChangeCounts[:0]
+	p.Unmapped = p.Unmapped[:0]
 	p.arena = p.arena[:0]
 	p.entries = p.entries[:0]
 	clear(p.slots)
@@ -184,6 +187,9 @@ func (p *Plan) Merge(src *Plan, version uint64) {
 	}
 	for _, c := range src.ChangeCounts {
 		p.countN(c.Table, c.Op, c.N)
+	}
+	for _, c := range src.Unmapped {
+		p.Unmapped = addCount(p.Unmapped, c.Table, c.Op, c.N)
 	}
 	p.Changes += src.Changes
 	p.Unrendered += src.Unrendered
@@ -306,11 +312,19 @@ func (p *Plan) problem(table string, op replication.Op, msg string, n int) {
 }
 
 func (p *Plan) countN(table string, op replication.Op, n int) {
-	for i := range p.ChangeCounts {
-		if c := &p.ChangeCounts[i]; c.Table == table && c.Op == op {
+	p.ChangeCounts = addCount(p.ChangeCounts, table, op, n)
+}
+
+func (p *Plan) countUnmapped(table string, op replication.Op) {
+	p.Unmapped = addCount(p.Unmapped, table, op, 1)
+}
+
+func addCount(counts []ChangeCount, table string, op replication.Op, n int) []ChangeCount {
+	for i := range counts {
+		if c := &counts[i]; c.Table == table && c.Op == op {
 			c.N += n
-			return
+			return counts
 		}
 	}
-	p.ChangeCounts = append(p.ChangeCounts, ChangeCount{Table: table, Op: op, N: n})
+	return append(counts, ChangeCount{Table: table, Op: op, N: n})
 }

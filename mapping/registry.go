@@ -27,7 +27,9 @@ type Registry struct {
 
 // Table is everything cached from one table's rows.
 type Table struct {
-	Name       string // schema.table
+	Name       string // schema.table, as replication.QualifiedName writes it
+	Schema     string // unquoted
+	Relname    string // unquoted
 	Line       int
 	Column     int
 	Action     ActionSpec
@@ -213,6 +215,11 @@ func build(doc *yamlnode.Doc) (*Registry, error) {
 		// Tables are read after defaults, wherever defaults stand in the file.
 		for _, tf := range doc.Mapping(tables.Value, tables.Path) {
 			if t := buildTable(doc, tf, defaults); t != nil {
+				if first := reg.Tables[t.Name]; first != nil {
+					// Two spellings of one name, e.g. public.users and "public".users.
+					doc.Errorf(tf.Key, tf.Path, "names table %s again (first at line %d): merge the two entries", t.Name, first.Line)
+					continue
+				}
 				reg.Tables[t.Name] = t
 				if w := t.warning(doc.File); w != "" {
 					reg.Warnings = append(reg.Warnings, w)
@@ -295,13 +302,12 @@ func readActionSpec(doc *yamlnode.Doc, fields []yamlnode.Field, spec *ActionSpec
 var tableFields = append([]string{"keys", "derived", "on_truncate"}, actionFields...)
 
 func buildTable(doc *yamlnode.Doc, tf yamlnode.Field, defaults ActionSpec) *Table {
-	name := tf.Key.Value
-	schema, rel, ok := strings.Cut(name, ".")
-	if !ok || schema == "" || rel == "" || strings.Contains(rel, ".") {
-		doc.Errorf(tf.Key, tf.Path, "table name %q must be schema-qualified, e.g. public.%s", name, name)
+	schema, rel, err := replication.ParseQualifiedName(tf.Key.Value)
+	if err != nil {
+		doc.Errorf(tf.Key, tf.Path, "%v", err)
 		return nil
 	}
-	t := &Table{Name: name, Line: tf.Key.Line, Column: tf.Key.Column, Action: defaults}
+	t := &Table{Name: replication.QualifiedName(schema, rel), Schema: schema, Relname: rel, Line: tf.Key.Line, Column: tf.Key.Column, Action: defaults}
 	errsBefore := len(doc.Errs)
 	fields := readActionSpec(doc, doc.Mapping(tf.Value, tf.Path, tableFields...), &t.Action)
 	for _, f := range fields {

@@ -524,6 +524,18 @@ tables:
   db.public.users:
     keys: ["a"]
 `, 3, 3, "must be schema-qualified"},
+		{"unclosed quote in a table name", `version: 1
+tables:
+  public."a.b:
+    keys: ["a"]
+`, 3, 3, "unclosed quote"},
+		{"one table under two spellings", `version: 1
+tables:
+  public.users:
+    keys: ["a"]
+  '"public"."users"':
+    keys: ["b"]
+`, 5, 3, "names table public.users again (first at line 3)"},
 
 		// Templates.
 		{"unclosed brace", `version: 1
@@ -879,5 +891,41 @@ tables:
 	}
 	if _, err := reg.Only([]string{"public.a", "public.x", "public.y"}); err == nil || !strings.Contains(err.Error(), "no table public.x, public.y") {
 		t.Errorf("unknown tables: %v", err)
+	}
+}
+
+// A table name with a dot in it is written quoted; the registry keys it by
+// the one spelling replication.QualifiedName gives the relation.
+func TestParseQuotedTableNames(t *testing.T) {
+	reg := mustParse(t, `version: 1
+tables:
+  public."a.b":
+    keys: ["ab:{id}"]
+  '"my.schema".plain': # YAML needs the quotes of a key that starts with one
+    keys: ["p:{id}"]
+  '"public"."Users"':
+    keys: ["u:{id}"]
+`)
+	want := map[string][2]string{
+		`public."a.b"`:      {"public", "a.b"},
+		`"my.schema".plain`: {"my.schema", "plain"},
+		"public.Users":      {"public", "Users"},
+	}
+	if got := reg.Names(); len(got) != len(want) {
+		t.Fatalf("tables %q, want %d", got, len(want))
+	}
+	for name, parts := range want {
+		tb := reg.Tables[name]
+		if tb == nil {
+			t.Errorf("no table %s among %q", name, reg.Names())
+			continue
+		}
+		if tb.Schema != parts[0] || tb.Relname != parts[1] || tb.Name != name {
+			t.Errorf("%s: Name %q Schema %q Relname %q, want %q %q", name, tb.Name, tb.Schema, tb.Relname, parts[0], parts[1])
+		}
+		rel := &replication.Relation{Namespace: parts[0], Name: parts[1]}
+		if rel.QualifiedName() != name {
+			t.Errorf("relation (%q, %q) is called %q, not %q", parts[0], parts[1], rel.QualifiedName(), name)
+		}
 	}
 }

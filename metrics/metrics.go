@@ -21,6 +21,7 @@ type Metrics struct {
 
 	Transactions       prometheus.Counter
 	Changes            *prometheus.CounterVec // table, op
+	UnmappedChanges    *prometheus.CounterVec // table, op
 	Keys               *prometheus.CounterVec // action, kind
 	PatternScans       prometheus.Counter
 	PatternKeys        prometheus.Counter
@@ -45,6 +46,7 @@ type Metrics struct {
 	ReplicationLag     prometheus.Gauge
 	SlotWALStatus      *prometheus.GaugeVec // status
 	SlotSafeWALSize    prometheus.Gauge
+	MissingTables      *prometheus.GaugeVec // table
 	Ready              prometheus.Gauge
 	RedisAvailable     prometheus.Gauge
 	StreamingConnected prometheus.Gauge
@@ -101,6 +103,10 @@ func New(version, slot string) *Metrics {
 		slot:    slot,
 	}
 	m.reloads = newReloadMetrics(f)
+	m.UnmappedChanges = f.counterVec("unmapped_changes_total",
+		"Row changes of published tables that no deps.yaml rule maps (they invalidate nothing), by table and operation.", "table", "op")
+	m.MissingTables = f.gaugeVec("table_missing",
+		"1 for a deps.yaml table that does not exist (dropped): its on_truncate rules were applied; remove it from deps.yaml.", "table")
 	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "walbust", Name: "build_info", Help: "Build information.",
 		ConstLabels: prometheus.Labels{"version": version}})
@@ -198,6 +204,9 @@ func (m *Metrics) BatchApplied(b *pipeline.Batch) {
 	m.LastCommit.Set(float64(last.CommitTime.UnixNano()) / 1e9)
 	for _, c := range plan.ChangeCounts {
 		m.Changes.WithLabelValues(c.Table, c.Op.String()).Add(float64(c.N))
+	}
+	for _, c := range plan.Unmapped {
+		m.UnmappedChanges.WithLabelValues(c.Table, c.Op.String()).Add(float64(c.N))
 	}
 	// Count per (action, kind) first: a label lookup per key would cost
 	// more than rendering it.

@@ -115,6 +115,9 @@ type Options struct {
 	// replica has replayed the batch, or after ReplicaWaitMax.
 	Replicas       ReplicaWatcher
 	ReplicaWaitMax time.Duration
+	// TableOIDs binds registry tables to their OIDs (see
+	// mapping.Mapper.BindOIDs), so renamed tables keep their rules.
+	TableOIDs map[string][]uint32
 }
 
 // Pipeline connects a Source to Redis and the checkpoint.
@@ -172,6 +175,7 @@ func New(opts Options) *Pipeline {
 		warned:   map[string]bool{},
 	}
 	p.mapper.MaxTxChanges = opts.MaxTxChanges
+	p.mapper.BindOIDs(opts.TableOIDs)
 	if opts.Replicas != nil {
 		if opts.ReplicaWaitMax <= 0 {
 			opts.ReplicaWaitMax = 5 * time.Second
@@ -474,8 +478,10 @@ func (p *Pipeline) retry(ctx context.Context, end replication.LSN, cause, what s
 }
 
 // CheckRelation warns, once per table and column, when the table's replica
-// identity does not send old values that its key templates need.
+// identity does not send old values that its key templates need, and once
+// when a table was renamed, swapped or is published but unmapped.
 func (p *Pipeline) CheckRelation(rel *replication.Relation) {
+	p.checkBinding(rel)
 	for _, gap := range p.registry().IdentityGaps(rel) {
 		id := rel.QualifiedName() + "." + gap.Name
 		if p.warned[id] {

@@ -30,6 +30,8 @@ func (p *Pipeline) takeRegistry() {
 	}
 	m := mapping.NewMapper(reg, nil)
 	m.MaxTxChanges = p.opts.MaxTxChanges
+	m.BindOIDs(p.opts.TableOIDs)
+	m.InheritOIDs(p.mapper)
 	p.mapper, p.swap.current = m, reg
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -22,9 +21,9 @@ var ErrNoTable = errors.New("table does not exist")
 // in a Relation message: published columns in order, with the replica
 // identity's columns marked as keys.
 func DescribeTable(ctx context.Context, q Querier, qualified string) (*Relation, error) {
-	schema, name, ok := strings.Cut(qualified, ".")
-	if !ok {
-		return nil, fmt.Errorf("table name %q is not schema-qualified", qualified)
+	schema, name, err := ParseQualifiedName(qualified)
+	if err != nil {
+		return nil, err
 	}
 	rows, err := q.Query(ctx, `
 SELECT c.oid, c.relreplident::text, a.attname, a.atttypid,

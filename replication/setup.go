@@ -23,10 +23,16 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 		return "", err
 	}
 	if !exists {
-		if _, err := conn.Exec(ctx, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", pgx.Identifier{name}.Sanitize(), list)); err != nil {
+		// Via the partition root: a partitioned table's rows arrive under its
+		// own name (the one deps.yaml uses), partitions attached later included.
+		if _, err := conn.Exec(ctx, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)", pgx.Identifier{name}.Sanitize(), list)); err != nil {
 			return "", fmt.Errorf("create publication %s: %w", name, err)
 		}
-		return fmt.Sprintf("created publication %s for %s", name, strings.Join(tables, ", ")), nil
+		return fmt.Sprintf("created publication %s for %s (publish_via_partition_root)", name, strings.Join(tables, ", ")), nil
+	}
+	viaRoot, err := ensureViaRoot(ctx, conn, name)
+	if err != nil {
+		return "", err
 	}
 	current, err := PublishedTables(ctx, conn, name)
 	if err != nil {
@@ -34,33 +40,38 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 	}
 	want := slices.Sorted(slices.Values(tables))
 	if slices.Equal(current, want) {
-		return fmt.Sprintf("found publication %s for %s", name, strings.Join(want, ", ")), nil
+		return fmt.Sprintf("found publication %s for %s%s", name, strings.Join(want, ", "), viaRoot), nil
 	}
 	if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s SET TABLE %s", pgx.Identifier{name}.Sanitize(), list)); err != nil {
 		return "", fmt.Errorf("alter publication %s: %w", name, err)
 	}
-	return fmt.Sprintf("updated publication %s: was %s, now %s", name, strings.Join(current, ", "), strings.Join(want, ", ")), nil
+	return fmt.Sprintf("updated publication %s: was %s, now %s%s", name, strings.Join(current, ", "), strings.Join(want, ", "), viaRoot), nil
 }
 
 // PublishedTables lists a publication's tables as sorted "schema.table".
 func PublishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([]string, error) {
-	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, publication)
+	rows, err := conn.Query(ctx, `SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1`, publication)
 	if err != nil {
 		return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)
 	}
-	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	tables, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (string, error) {
+		var schema, table string
+		err := row.Scan(&schema, &table)
+		return QualifiedName(schema, table), err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)
 	}
+	slices.Sort(tables)
 	return tables, nil
 }
 
 func tableList(tables []string) (string, error) {
 	quoted := make([]string, len(tables))
 	for i, t := range tables {
-		schema, name, ok := strings.Cut(t, ".")
-		if !ok {
-			return "", fmt.Errorf("table name %q is not schema-qualified", t)
+		schema, name, err := ParseQualifiedName(t)
+		if err != nil {
+			return "", err
 		}
 		quoted[i] = pgx.Identifier{schema, name}.Sanitize()
 	}

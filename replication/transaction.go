@@ -70,8 +70,9 @@ type Relation struct {
 	Columns         []Column
 }
 
-// QualifiedName is "schema.table".
-func (r *Relation) QualifiedName() string { return r.Namespace + "." + r.Name }
+// QualifiedName is "schema.table", parts quoted as ParseQualifiedName
+// reads them.
+func (r *Relation) QualifiedName() string { return QualifiedName(r.Namespace, r.Name) }
 
 // Change is one row change within a transaction.
 type Change struct {

@@ -21,6 +21,9 @@ type Problem struct {
 	File         string
 	Line, Column int
 	Msg          string
+	// MissingTable is set when the problem is that this table does not
+	// exist: walbust run serves the other tables regardless.
+	MissingTable string
 }
 
 func (p Problem) Error() string { return fmt.Sprintf("%s:%d:%d: %s", p.File, p.Line, p.Column, p.Msg) }
@@ -47,7 +50,11 @@ func (ps Problems) Err() error {
 // Registry checks reg against the database conn is connected to. With a
 // publication name it also checks that every table is published. Problems
 // are returned all at once; err is for failures to check at all.
-func Registry(ctx context.Context, conn *pgx.Conn, reg *mapping.Registry, publication string) (Problems, error) {
+func Registry(ctx context.Context, conn *pgx.Conn, reg *mapping.Registry, publication string, opts ...Option) (Problems, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	var ps Problems
 	add := func(pos mapping.Position, format string, args ...any) {
 		ps = append(ps, Problem{File: reg.File, Line: pos.Line, Column: pos.Column, Msg: fmt.Sprintf(format, args...)})
@@ -67,14 +74,18 @@ func Registry(ctx context.Context, conn *pgx.Conn, reg *mapping.Registry, public
 		tpos := mapping.Position{Line: t.Line, Column: t.Column}
 		rel, err := replication.DescribeTable(ctx, conn, name)
 		if errors.Is(err, replication.ErrNoTable) {
-			add(tpos, "table %s does not exist", name)
+			ps = append(ps, missingTable(reg, t, o.renamed[name], unmapped(reg, published)))
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
 		if publication != "" && !published[name] {
-			add(tpos, "table %s is not in publication %s, so its changes never reach walbust (run walbust setup)", name, publication)
+			msg, err := notPublished(ctx, conn, rel, publication, published)
+			if err != nil {
+				return nil, err
+			}
+			add(tpos, "%s", msg)
 		}
 		for _, r := range t.Rules {
 			for _, ref := range r.RowColumns() {
@@ -93,7 +104,7 @@ func Registry(ctx context.Context, conn *pgx.Conn, reg *mapping.Registry, public
 			}
 			seen[fmt.Sprint(gap)] = true
 			add(gap.Position, "%s: replica identity %s does not send the old value of column %q, which UPDATE/DELETE invalidation needs; fix: ALTER TABLE %s REPLICA IDENTITY FULL",
-				name, identityName(rel.ReplicaIdentity), gap.Name, pgx.Identifier(strings.SplitN(name, ".", 2)).Sanitize())
+				name, identityName(rel.ReplicaIdentity), gap.Name, pgx.Identifier{rel.Namespace, rel.Name}.Sanitize())
 		}
 	}
 	sort.SliceStable(ps, func(i, j int) bool {

@@ -31,7 +31,8 @@ type daemon struct {
 	replicas *replicas.Watcher
 	querier  mapping.Querier
 	metrics  *metrics.Metrics
-	reload   *reloader // owns the registry in use from start on
+	reload   *reloader   // owns the registry in use from start on
+	tables   *tableState // set by preflight
 }
 
 // runCommand streams until SIGINT/SIGTERM: then the batch in flight is
@@ -107,6 +108,7 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 	go every(bg, 2*time.Second, d.pingRedis)
 	go d.reload.run(bg)
 	go every(bg, 15*time.Second, (&slotWatcher{d: d, conn: lazyConn{url: l.cfg.Postgres.URL}}).poll)
+	go every(bg, tableCheckInterval, (&tableWatcher{d: d, conn: lazyConn{url: l.cfg.Postgres.URL}}).poll)
 	if l.cfg.Postgres.HeartbeatInterval > 0 {
 		go every(bg, l.cfg.Postgres.HeartbeatInterval, (&heartbeat{d: d, conn: lazyConn{url: l.cfg.Postgres.URL}}).beat)
 	}
@@ -128,7 +130,8 @@ func (d *daemon) stream(ctx context.Context) error {
 		return err
 	}
 	opts := pipeline.Options{
-		Registry: d.reg, Querier: d.querier, Applier: d.inv, Store: d.store, Logger: d.log, Observer: d.metrics, Health: d.metrics,
+		Registry: d.reg, Querier: d.querier, Applier: d.tables.applier, Store: d.store, Logger: d.log, Observer: d.metrics, Health: d.metrics,
+		TableOIDs:  d.tables.oids,
 		Checkpoint: stored, ShutdownGrace: stopGrace(d.cfg.ShutdownTimeout), CheckpointRetry: d.cfg.Checkpoint.RetryTimeout,
 		MaxTxChanges: d.cfg.MaxTxChanges, Visibility: d.visible, ReplicaWaitMax: d.cfg.Replicas.WaitMax,
 	}
@@ -161,6 +164,9 @@ func (d *daemon) preflight(ctx context.Context) error {
 	}
 	problems, err := validate.Registry(ctx, conn, d.reg, d.cfg.Postgres.Publication)
 	if err != nil {
+		return err
+	}
+	if problems, err = d.bindTables(ctx, conn, problems); err != nil {
 		return err
 	}
 	if len(problems) > 0 {
@@ -242,7 +248,7 @@ func (d *daemon) slotLost(ctx context.Context, cause error) error {
 	for _, p := range plan.Problems {
 		d.log.Error("resync cannot invalidate a table's keys; flush them by hand", zap.String("table", p.Table), zap.String("problem", p.Msg))
 	}
-	st, err := d.inv.ApplyBatch(ctx, lsn, plan.Invalidations())
+	st, err := d.tables.applier.ApplyBatch(ctx, lsn, plan.Invalidations())
 	if err != nil {
 		return fmt.Errorf("resync: %w", err)
 	}

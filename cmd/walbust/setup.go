@@ -120,9 +120,9 @@ func printSetupSQL(w io.Writer, l *loaded, targets []*loaded) error {
 	tables := make([]string, 0, len(l.reg.Tables))
 	schemas := map[string]bool{}
 	for _, name := range l.reg.Names() {
-		schema, table, _ := strings.Cut(name, ".")
-		schemas[schema] = true
-		tables = append(tables, pgx.Identifier{schema, table}.Sanitize())
+		t := l.reg.Tables[name]
+		schemas[t.Schema] = true
+		tables = append(tables, pgx.Identifier{t.Schema, t.Relname}.Sanitize())
 	}
 	fmt.Fprintf(w, "-- What `walbust setup` needs, for a DBA to run in database %s; walbust then connects as %s, no superuser.\n", db, role)
 	fmt.Fprintf(w, "-- Each block says who runs it; a superuser may run them all.\n")
@@ -148,7 +148,7 @@ func printSetupSQL(w io.Writer, l *loaded, targets []*loaded) error {
 		if t.cfg.Shard != "" {
 			fmt.Fprintf(w, "-- Shard %s:\n", t.cfg.Shard)
 		}
-		fmt.Fprintf(w, "CREATE PUBLICATION %s FOR TABLE %s;\n", pgx.Identifier{t.cfg.Postgres.Publication}.Sanitize(), strings.Join(quotedTables(t.reg.Names()), ", "))
+		fmt.Fprintf(w, "CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true);\n", pgx.Identifier{t.cfg.Postgres.Publication}.Sanitize(), strings.Join(quotedTables(t.reg.Names()), ", "))
 	}
 	fmt.Fprintf(w, "\n-- 4. As %s (`walbust setup` does it, finding the publication) or a superuser: the slot.\n", role)
 	fmt.Fprintf(w, "--    A table owner without REPLICATION may not.\n")
@@ -175,7 +175,7 @@ func printSetupSQL(w io.Writer, l *loaded, targets []*loaded) error {
 func quotedTables(names []string) []string {
 	out := make([]string, len(names))
 	for i, name := range names {
-		schema, table, _ := strings.Cut(name, ".")
+		schema, table, _ := replication.ParseQualifiedName(name) // registry names parse
 		out[i] = pgx.Identifier{schema, table}.Sanitize()
 	}
 	return out

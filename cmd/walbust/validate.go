@@ -40,7 +40,12 @@ func validateCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		return err
 	}
 	for _, t := range targets {
-		problems, err := validate.Registry(ctx, conn, t.reg, t.cfg.Postgres.Publication)
+		// What walbust run bound by OID tells a renamed table from a dropped one.
+		bound, err := resolveTables(ctx, conn, t.reg, t.cfg.Postgres.Publication, bindingsPath(t.cfg.Checkpoint.Path))
+		if err != nil {
+			return err
+		}
+		problems, err := validate.Registry(ctx, conn, t.reg, t.cfg.Postgres.Publication, validate.Renamed(bound.renamed))
 		if err != nil {
 			return err
 		}
