@@ -27,12 +27,15 @@ const silentTimeout = 20 * time.Second
 // would on a read-only or full filesystem. The returned func repairs it.
 func (e *env) breakCheckpoint() (repair func()) {
 	e.t.Helper()
-	if err := os.Remove(e.checkpoint); err != nil && !os.IsNotExist(err) {
-		e.t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Join(e.checkpoint, "blocker"), 0o755); err != nil {
-		e.t.Fatal(err)
-	}
+	// walbust may save (and so re-create the file) between the remove and
+	// the mkdir: retry until the directory is in place.
+	opsWithin(e.t, silentTimeout, func() (bool, string) {
+		if err := os.Remove(e.checkpoint); err != nil && !os.IsNotExist(err) {
+			return false, err.Error()
+		}
+		err := os.MkdirAll(filepath.Join(e.checkpoint, "blocker"), 0o755)
+		return err == nil, fmt.Sprintf("cannot put a directory where the checkpoint is: %v", err)
+	})
 	return func() {
 		if err := os.RemoveAll(e.checkpoint); err != nil {
 			e.t.Fatal(err)
