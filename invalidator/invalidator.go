@@ -248,6 +248,12 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 	// batch finds the watermark at it). A cluster pipeline runs on several
 	// nodes, and pattern scans come after it, so then both go last, on
 	// their own. WAIT, which ends the pipeline, covers the watermark too.
+	// The UNLINKs still buffered go first: the watermark and the event
+	// must follow every command of the batch, since other clients'
+	// commands may run between those of a pipeline.
+	if err := b.flushUnlinks(ctx); err != nil {
+		return err
+	}
 	if mark != 0 && len(patterns) == 0 && b.pipe != nil && iv.cluster == nil {
 		b.pipe.Set(ctx, iv.opts.Watermark, mark.String(), 0)
 		mark = 0
