@@ -3,6 +3,7 @@ package e2e
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -192,4 +193,72 @@ func TestCheckpointWatermarkFollowsCheckpoint(t *testing.T) {
 	if slot, mark := e.opsSlotConfirmed(), e.wmApplied(); slot > mark {
 		t.Errorf("slot confirmed %s, past the watermark %s", slot, mark)
 	}
+}
+
+// wmLaunch starts `walbust run` without waiting for it to stream.
+func (e *env) wmLaunch() {
+	e.t.Helper()
+	logFile, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(binary, "run", "--config", e.configPath)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatalf("start walbust run: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(done)
+	}()
+	e.proc, e.procDone = cmd, done
+}
+
+// When the slot is past the checkpoint and the watermark cannot be read,
+// walbust decides nothing: it neither resyncs nor refuses nor streams, and
+// says why, until Redis answers; then it takes the peer's progress.
+func TestCheckpointPeerProgressWaitsForRedis(t *testing.T) {
+	r := secRedis(t)
+	secACL(t, r, "walbust", "on", ">pw-walbust", "~*", "&*", "+@all")
+	e := newEnv(t, envOptions{seed: defaultSeed, noStart: true})
+	e.opsWriteConfig(opsConfig{redisURL: "redis://walbust:pw-walbust@" + r.Addr() + "/0"})
+	e.opsUseRedis(r.Client())
+	e.wmUse("a")
+	e.start()
+	e.fence()
+	e.stop()
+	aOld := e.ckptFileLSN()
+	e.wmUse("b")
+	e.start()
+	e.fence()
+	e.stop()
+	e.wmWaitSlotPast(aOld)
+	e.ckptWaitSlotIdle()
+
+	secACL(t, r, "walbust", "-get")
+	e.wmUse("a")
+	offset := e.regLogOffset()
+	e.wmLaunch()
+	e.regWaitLog(offset, `Redis cannot be read to tell whether another walbust applied up to it; waiting for Redis before streaming`, startTimeout)
+	for _, s := range []string{`"msg":"streaming"`, "resyncing", "on_slot_loss"} {
+		if strings.Contains(e.logSince(offset), s) {
+			t.Fatalf("walbust decided (%q) while the watermark could not be read:\n%s", s, e.logSince(offset))
+		}
+	}
+	select {
+	case <-e.procDone:
+		e.proc = nil
+		t.Fatalf("walbust exited while the watermark could not be read:\n%s", e.logSince(offset))
+	default:
+	}
+
+	secACL(t, r, "walbust", "+get")
+	e.regWaitLog(offset, `"msg":"streaming"`, startTimeout)
+	if lines := e.regLogLines(offset, "another walbust applied up to"); len(lines) == 0 {
+		t.Errorf("no line saying another walbust applied up to the slot:\n%s", e.logSince(offset))
+	}
+	e.wmUpdate("product:1", 1)
 }
