@@ -82,7 +82,7 @@ func TestSecurityRedisACL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const want = "ACL SETUSER walbust on >PASSWORD resetkeys ~* resetchannels &walbust:events -@all +client|setname +info +ping +publish +scan +unlink"
+	const want = "ACL SETUSER walbust on >PASSWORD resetkeys ~* resetchannels &walbust:events -@all +client|setname +get +info +ping +publish +scan +set +unlink"
 	if !strings.Contains(string(readme), want) {
 		t.Fatalf("README does not give the minimal line for delete actions: %s", want)
 	}

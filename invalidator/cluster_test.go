@@ -15,6 +15,8 @@ import (
 
 	"github.com/walbust/walbust/internal/throwaway"
 	"github.com/walbust/walbust/mapping"
+	"github.com/walbust/walbust/protocol"
+	"github.com/walbust/walbust/replication"
 )
 
 // testDir is a directory removed when the test ends.
@@ -67,6 +69,26 @@ func TestCluster(t *testing.T) {
 			}
 			if got := keySlot(key); int64(got) != want {
 				t.Errorf("keySlot(%q) = %d, CLUSTER KEYSLOT says %d", key, got, want)
+			}
+		}
+	})
+
+	t.Run("watermark after a batch across slots", func(t *testing.T) {
+		key := protocol.AppliedKey("cluster_slot")
+		wiv := newInvalidator(t, Options{Mode: Cluster, URL: c.URL(), Watermark: key})
+		var invs []mapping.Invalidation
+		for i := range 100 {
+			invs = append(invs, mapping.Invalidation{Action: mapping.Delete, Key: "wm:" + strconv.Itoa(i)})
+		}
+		for _, tt := range []struct {
+			lsn  replication.LSN
+			invs []mapping.Invalidation
+		}{{0x16B3748, invs}, {0x16B4000, nil}} {
+			if _, err := wiv.ApplyBatch(ctx, tt.lsn, tt.invs); err != nil {
+				t.Fatal(err)
+			}
+			if v := rdb.Get(ctx, key).Val(); v != tt.lsn.String() {
+				t.Errorf("%s holds %q after the batch ending at %s", key, v, tt.lsn)
 			}
 		}
 	})

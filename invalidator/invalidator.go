@@ -46,6 +46,9 @@ type Options struct {
 	ScanCount int64
 	// EventsChannel is where ApplyBatch publishes events ("" disables).
 	EventsChannel string
+	// Watermark is the key where ApplyBatch records the end LSN of every
+	// batch it applied (protocol.AppliedKey; "" disables).
+	Watermark string
 	// OnResult is told the outcome of every attempt to apply a batch (nil:
 	// acknowledged), so an outage shows in metrics while the batch is still
 	// retrying. Pings are not reported: a server that answers PING may
@@ -118,7 +121,7 @@ func (iv *Invalidator) Ping(ctx context.Context) error {
 // exponential backoff until Redis acknowledges every command or ctx ends.
 // It returns nil only when every invalidation was acknowledged.
 func (iv *Invalidator) Apply(ctx context.Context, invs []mapping.Invalidation) (Stats, error) {
-	return iv.apply(ctx, invs, nil)
+	return iv.apply(ctx, invs, nil, 0)
 }
 
 // ApplyBatch is Apply for the invalidations of the batch ending at lsn,
@@ -126,10 +129,24 @@ func (iv *Invalidator) Apply(ctx context.Context, invs []mapping.Invalidation) (
 // a protocol.Event: at least once, in order, and only once Redis has
 // applied them, so a subscriber that reloads at once misses in Redis too.
 // Without patterns (and in standalone or sentinel mode) the PUBLISH ends
-// the batch's own pipeline: one round trip for both.
+// the batch's own pipeline: one round trip for both. It then records lsn
+// as the applied watermark (Options.Watermark), even when invs is empty:
+// the watermark must reach every position walbust checkpoints.
 func (iv *Invalidator) ApplyBatch(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (Stats, error) {
+	return iv.applyEvent(ctx, lsn, invs, lsn)
+}
+
+// ApplyChunk is ApplyBatch for a part of the batch ending at lsn that is
+// not its last (or that was applied before, as a re-fence is): the
+// watermark is left alone, since the batch is not all in Redis yet, or its
+// position was recorded already and later batches may have moved past it.
+func (iv *Invalidator) ApplyChunk(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (Stats, error) {
+	return iv.applyEvent(ctx, lsn, invs, 0)
+}
+
+func (iv *Invalidator) applyEvent(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation, mark replication.LSN) (Stats, error) {
 	if iv.opts.EventsChannel == "" || len(invs) == 0 {
-		return iv.apply(ctx, invs, nil)
+		return iv.apply(ctx, invs, nil, mark)
 	}
 	ev := protocol.Event{LSN: uint64(lsn)}
 	for _, inv := range invs {
@@ -143,21 +160,25 @@ func (iv *Invalidator) ApplyBatch(ctx context.Context, lsn replication.LSN, invs
 	if err != nil {
 		return Stats{}, fmt.Errorf("encode event: %w", err)
 	}
-	return iv.apply(ctx, invs, msg)
+	return iv.apply(ctx, invs, msg, mark)
 }
 
-func (iv *Invalidator) apply(ctx context.Context, invs []mapping.Invalidation, event []byte) (Stats, error) {
-	if len(invs) == 0 {
+// apply runs invs, then event, then records mark (0: not) as the watermark.
+func (iv *Invalidator) apply(ctx context.Context, invs []mapping.Invalidation, event []byte, mark replication.LSN) (Stats, error) {
+	if iv.opts.Watermark == "" {
+		mark = 0
+	}
+	if len(invs) == 0 && mark == 0 {
 		return Stats{}, nil
 	}
 	return iv.retrying(ctx, "batch", len(invs), func(st *Stats) error {
-		err := iv.applyOnce(ctx, invs, event, st)
+		err := iv.applyOnce(ctx, invs, event, mark, st)
 		if isNoScript(err) {
 			// Redis restarted or SCRIPT FLUSH ran: EVALSHA inside a pipeline
 			// does not fall back to EVAL, so load the scripts and go again.
 			if err = iv.loadScripts(ctx); err == nil {
 				*st = Stats{Attempts: st.Attempts} // count the keys once
-				err = iv.applyOnce(ctx, invs, event, st)
+				err = iv.applyOnce(ctx, invs, event, mark, st)
 			}
 		}
 		return err
@@ -208,7 +229,7 @@ func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt
 	}
 }
 
-func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidation, event []byte, st *Stats) error {
+func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidation, event []byte, mark replication.LSN, st *Stats) error {
 	iv.token = protocol.NewToken()
 	b := iv.newBatch()
 	var patterns []mapping.Invalidation
@@ -222,9 +243,21 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 		}
 		st.Keys++
 	}
-	// One pipeline on one connection runs in order: the event can ride
-	// along. A cluster pipeline runs on several nodes, and pattern scans
-	// and WAIT come after it, so then the event goes last, on its own.
+	// One pipeline on one connection runs in order: the watermark and the
+	// event can ride along (the watermark first, so a subscriber told of a
+	// batch finds the watermark at it). A cluster pipeline runs on several
+	// nodes, and pattern scans come after it, so then both go last, on
+	// their own. WAIT, which ends the pipeline, covers the watermark too.
+	// The UNLINKs still buffered go first: the watermark and the event
+	// must follow every command of the batch, since other clients'
+	// commands may run between those of a pipeline.
+	if err := b.flushUnlinks(ctx); err != nil {
+		return err
+	}
+	if mark != 0 && len(patterns) == 0 && b.pipe != nil && iv.cluster == nil {
+		b.pipe.Set(ctx, iv.opts.Watermark, mark.String(), 0)
+		mark = 0
+	}
 	if event != nil && len(patterns) == 0 && b.pipe != nil && iv.cluster == nil && iv.opts.WaitReplicas == 0 {
 		b.pipe.Publish(ctx, iv.opts.EventsChannel, event)
 		event = nil
@@ -239,6 +272,11 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 		}
 		st.Patterns++
 		st.PatternMatches += n
+	}
+	if mark != 0 {
+		if err := iv.setWatermark(ctx, mark); err != nil {
+			return err
+		}
 	}
 	if event != nil {
 		if err := iv.client.Publish(ctx, iv.opts.EventsChannel, event).Err(); err != nil {

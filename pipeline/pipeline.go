@@ -26,9 +26,13 @@ type Source interface {
 
 // Applier makes Redis reflect invalidations of the batch ending at lsn and
 // tells subscribers (in-process caches) about them; nil means Redis
-// acknowledged all of it.
+// acknowledged all of it. ApplyBatch gets the batch's last (or only, maybe
+// empty) chunk and records lsn as applied in Redis, where a peer with
+// another checkpoint file finds how far the slot's changes were applied;
+// ApplyChunk gets the others, and re-fences, and records nothing.
 type Applier interface {
 	ApplyBatch(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (invalidator.Stats, error)
+	ApplyChunk(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (invalidator.Stats, error)
 }
 
 // Store durably records the acknowledged position.
@@ -414,10 +418,16 @@ func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, 
 		p.log.Error("invalidation incomplete", zap.String("table", pr.Table), zap.Stringer("op", pr.Op), zap.String("problem", pr.Msg), zap.Int("changes", pr.Count))
 	}
 	var fences []mapping.Invalidation
-	for from := 0; from < plan.Len(); from += p.opts.ChunkInvalidations {
+	// An empty plan still goes through ApplyBatch once: its end must be
+	// recorded as applied before it is checkpointed.
+	for from := 0; from == 0 || from < plan.Len(); from += p.opts.ChunkInvalidations {
 		to := min(from+p.opts.ChunkInvalidations, plan.Len())
 		*invs = plan.AppendInvalidations((*invs)[:0], from, to)
-		st, err := p.opts.Applier.ApplyBatch(ctx, end, *invs)
+		apply := p.opts.Applier.ApplyBatch
+		if to < plan.Len() {
+			apply = p.opts.Applier.ApplyChunk
+		}
+		st, err := apply(ctx, end, *invs)
 		b.Stats.Add(st)
 		if err != nil {
 			return fmt.Errorf("apply batch ending at %s: %w", end, err)

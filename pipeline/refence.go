@@ -110,7 +110,9 @@ func (p *Pipeline) refenceDue(ctx context.Context) error {
 	due, timedOut := p.refence.due(time.Now())
 	for i, a := range due {
 		if a.fences != nil {
-			if _, err := p.opts.Applier.ApplyBatch(ctx, a.end, a.fences); err != nil {
+			// Not ApplyBatch: a.end was recorded as applied when it was
+			// first applied, and later batches may be past it by now.
+			if _, err := p.opts.Applier.ApplyChunk(ctx, a.end, a.fences); err != nil {
 				return fmt.Errorf("fence again the batch ending at %s: %w", a.end, err)
 			}
 			if p.opts.Observer != nil {

@@ -51,6 +51,10 @@ func (a *fakeApplier) ApplyBatch(ctx context.Context, _ replication.LSN, _ []map
 	return invalidator.Stats{Attempts: 1}, nil
 }
 
+func (a *fakeApplier) ApplyChunk(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
+	return a.ApplyBatch(ctx, lsn, invs)
+}
+
 // failingStore never saves.
 type failingStore struct{ saves atomic.Int64 }
 

@@ -13,6 +13,9 @@
 //	lease      wblease:1:<lsn>:<token>                          a reader's claim to fill the key
 //	value      wbval:1:<soft-expiry-ms>:<nonce>:<kind>:<payload> a filled value; kind v (value) or n (not found)
 //
+// One key is walbust's own bookkeeping: AppliedKey, how far a slot's
+// changes are in Redis, an LSN in pg_lsn text form (X/Y).
+//
 // The package depends on nothing but the standard library, so the daemon,
 // the Go client (cacheaside) and tools can all import it.
 package protocol

@@ -8,19 +8,22 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/walbust/walbust/checkpoint"
+	"github.com/walbust/walbust/protocol"
 	"github.com/walbust/walbust/replication"
 )
 
 // Postgres exposes no identity for a replication slot (no OID, no creation
 // time), so a slot dropped and re-created under the same name looks like the
 // old one. What tells them apart is an invariant walbust keeps: it never
-// confirms a position to the slot before that position is in the checkpoint
-// file (applied positions are saved, then confirmed; idle positions are saved
-// through SaveIdle first). So a slot whose confirmed position is past a
-// checkpoint that carries an identity was moved by something else: re-created
-// (it starts at the current WAL position), advanced by hand, or consumed by a
-// walbust with a different checkpoint file. In every case the changes in
-// between were never streamed here, which is a slot loss.
+// confirms a position to the slot before that position is in its
+// checkpoint file and in the applied watermark in Redis (applied positions
+// are written with their batch, then saved, then confirmed; idle positions
+// go through SaveIdle first). So a slot whose confirmed position is past a
+// checkpoint that carries an identity was moved by a peer with another
+// checkpoint file, which the watermark then covers (see watermark.go), or
+// by something else: re-created (it starts at the current WAL position) or
+// advanced by hand. In those cases the changes in between were never
+// streamed by any walbust, which is a slot loss.
 
 // bindCheckpoint refuses a checkpoint that is not this server's and slot's,
 // and makes every later save record whose position it is.
@@ -91,16 +94,28 @@ func (d *daemon) checkSlotPosition(ctx context.Context, slot *replication.SlotIn
 			zap.Stringer("was", c.LSN), zap.Stringer("lsn", lsn))
 		return nil
 	case slot.ConfirmedFlushLSN > c.LSN:
-		return d.slotLost(ctx, d.slotAhead(slot, c.LSN))
+		cov, err := d.awaitWatermark(ctx, slot, c.LSN, srv.WALFlush)
+		if err != nil {
+			return err
+		}
+		if !cov.ok {
+			return d.slotLost(ctx, d.slotAhead(slot, c.LSN, cov.why))
+		}
+		d.logPeerProgress(slot, c.LSN, cov.mark)
+		// Resumed from the slot's position anyway; recorded so that the
+		// next start does not ask Redis again.
+		if err := d.store.Save(slot.ConfirmedFlushLSN); err != nil {
+			return fmt.Errorf("move the checkpoint to the slot's position: %w", err)
+		}
 	}
 	return nil
 }
 
-func (d *daemon) slotAhead(slot *replication.SlotInfo, stored replication.LSN) error {
-	return fmt.Errorf("%w: slot %q has confirmed %s, past checkpoint %s at %s, and walbust never confirms past its checkpoint: "+
-		"the slot was dropped and re-created, advanced by hand, or used by a walbust with another checkpoint file, "+
-		"so the changes between %s and %s were never streamed here",
-		replication.ErrSlotLost, slot.Name, slot.ConfirmedFlushLSN, d.store.Path(), stored, stored, slot.ConfirmedFlushLSN)
+func (d *daemon) slotAhead(slot *replication.SlotInfo, stored replication.LSN, watermark string) error {
+	return fmt.Errorf("%w: slot %q has confirmed %s, past checkpoint %s at %s %s, and walbust never confirms a position before "+
+		"recording it in both: the slot was dropped and re-created, or advanced by hand, "+
+		"so the changes between %s and %s were never streamed by any walbust",
+		replication.ErrSlotLost, slot.Name, slot.ConfirmedFlushLSN, d.store.Path(), stored, watermark, stored, slot.ConfirmedFlushLSN)
 }
 
 // recheckSlot runs before every reconnect: a slot re-created while the
@@ -127,8 +142,24 @@ func (d *daemon) recheckSlot(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", replication.ErrFatal, err)
 	}
-	if c.Identity != nil && slot.ConfirmedFlushLSN > c.LSN {
-		return d.slotAhead(slot, c.LSN)
+	if c.Identity == nil || slot.ConfirmedFlushLSN <= c.LSN {
+		return nil
 	}
+	// Typically a peer streamed while this instance was disconnected.
+	srv, err := replication.Identify(ctx, d.cfg.Postgres.URL)
+	if err != nil {
+		return err
+	}
+	cov, err := d.watermarkCovers(ctx, slot, srv.WALFlush)
+	if err != nil {
+		// Not fatal: the streamer reconnects with backoff and asks again,
+		// streaming nothing until Redis answers.
+		return fmt.Errorf("slot %q has confirmed %s, past checkpoint %s at %s, and Redis cannot be read to tell whether another walbust "+
+			"applied up to it (key %s); retrying: %w", slot.Name, slot.ConfirmedFlushLSN, d.store.Path(), c.LSN, protocol.AppliedKey(d.cfg.Postgres.Slot), err)
+	}
+	if !cov.ok {
+		return d.slotAhead(slot, c.LSN, cov.why)
+	}
+	d.logPeerProgress(slot, c.LSN, cov.mark)
 	return nil
 }

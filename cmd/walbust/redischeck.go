@@ -10,6 +10,7 @@ import (
 
 	"github.com/walbust/walbust/internal/redischeck"
 	"github.com/walbust/walbust/invalidator"
+	"github.com/walbust/walbust/protocol"
 )
 
 // redisCheckTimeout bounds one round of Redis checks.
@@ -24,7 +25,7 @@ func (l *loaded) redisCheck(ctx context.Context) redischeck.Report {
 	r := l.cfg.Redis
 	return redischeck.Check(ctx, redischeck.Options{Registry: l.reg, Redis: invalidator.Options{
 		Mode: r.Mode, URL: r.URL, SentinelMaster: r.SentinelMaster, CAFile: r.CAFile,
-		WaitReplicas: r.WaitReplicas, EventsChannel: l.cfg.Events.Channel}})
+		WaitReplicas: r.WaitReplicas, EventsChannel: l.cfg.Events.Channel, Watermark: protocol.AppliedKey(l.cfg.Postgres.Slot)}})
 }
 
 // validateRedis prints the Redis checks for `walbust validate` and returns

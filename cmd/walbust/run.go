@@ -15,6 +15,7 @@ import (
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/metrics"
 	"github.com/walbust/walbust/pipeline"
+	"github.com/walbust/walbust/protocol"
 	"github.com/walbust/walbust/replicas"
 	"github.com/walbust/walbust/replication"
 	"github.com/walbust/walbust/validate"
@@ -63,6 +64,7 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 	}
 	ropts := redisOptions(l.cfg.Redis)
 	ropts.EventsChannel, ropts.Logger, ropts.OnResult = l.cfg.Events.Channel, l.log.Named("redis"), d.metrics.RedisResult
+	ropts.Watermark = protocol.AppliedKey(l.cfg.Postgres.Slot)
 	d.inv, err = invalidator.New(ropts)
 	if err != nil {
 		return usageError{err}
@@ -143,7 +145,7 @@ func (d *daemon) stream(ctx context.Context) error {
 		URL: d.cfg.Postgres.URL, Slot: d.cfg.Postgres.Slot, Publication: d.cfg.Postgres.Publication,
 		StatusInterval: d.cfg.Postgres.StatusInterval, Logger: d.log.Named("replication"),
 		OnRelation: p.CheckRelation, NewSink: p.NewSink, Admitter: p,
-		OnConnected: d.metrics.Connected, OnReport: d.metrics.Reported, SaveIdle: d.store.Save, BeforeStart: d.recheckSlot,
+		OnConnected: d.metrics.Connected, OnReport: d.metrics.Reported, SaveIdle: d.saveIdle, BeforeStart: d.recheckSlot,
 	}, stored)
 	d.log.Info("starting", zap.String("version", version), zap.String("shard", d.cfg.Shard), zap.String("slot", d.cfg.Postgres.Slot),
 		zap.String("redis_mode", d.cfg.Redis.Mode),

@@ -110,6 +110,10 @@ func commands(reg *mapping.Registry, opts invalidator.Options) []command {
 	if scripts {
 		add("scripts, after a Redis restart or failover", "script", "load", "return 1")
 	}
+	if opts.Watermark != "" {
+		add("the applied position, written with every batch", "set", opts.Watermark, "0/0")
+		add("the applied position, read at start", "get", opts.Watermark)
+	}
 	if opts.EventsChannel != "" {
 		add("events.channel", "publish", opts.EventsChannel, "x")
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/mapping"
+	"github.com/walbust/walbust/protocol"
 )
 
 func loadDeps(t *testing.T, tables string) *mapping.Registry {
@@ -37,7 +38,7 @@ func TestREADMEMinimalACL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := invalidator.Options{EventsChannel: "walbust:events"}
+	opts := invalidator.Options{EventsChannel: "walbust:events", Watermark: protocol.AppliedKey("walbust")}
 	for name, tables := range map[string]string{
 		"delete":           deleteTable,
 		"delete and bump":  deleteTable + bumpTable,
@@ -54,7 +55,7 @@ func TestREADMEMinimalACL(t *testing.T) {
 
 func TestCommandsUseRealKeys(t *testing.T) {
 	reg := loadDeps(t, deleteTable+bumpTable+staleTable)
-	cmds := commands(reg, invalidator.Options{Mode: invalidator.Cluster, WaitReplicas: 1, EventsChannel: "ch"})
+	cmds := commands(reg, invalidator.Options{Mode: invalidator.Cluster, WaitReplicas: 1, EventsChannel: "ch", Watermark: protocol.AppliedKey("s")})
 	want := map[string]bool{
 		"unlink a:" + probeValue:                                 false,
 		"get v:b:" + probeValue:                                  false,
@@ -63,6 +64,8 @@ func TestCommandsUseRealKeys(t *testing.T) {
 		"publish ch x":                                           false,
 		"wait 0 0":                                               false,
 		"scan 0 match * count 1":                                 false,
+		"set walbust:applied:{s} 0/0":                            false,
+		"get walbust:applied:{s}":                                false,
 	}
 	for _, c := range cmds {
 		if _, ok := want[strings.Join(c.args, " ")]; ok {
