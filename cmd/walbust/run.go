@@ -34,6 +34,9 @@ type daemon struct {
 	metrics  *metrics.Metrics
 	reload   *reloader   // owns the registry in use from start on
 	tables   *tableState // set by preflight
+	// applier is the one way to Redis: the pipeline, resync and the table
+	// watcher share it, since an Invalidator applies one batch at a time.
+	applier *serialApplier
 }
 
 // runCommand streams until SIGINT/SIGTERM: then the batch in flight is
@@ -66,6 +69,7 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 	ropts.EventsChannel, ropts.Logger, ropts.OnResult = l.cfg.Events.Channel, l.log.Named("redis"), d.metrics.RedisResult
 	ropts.Watermark = protocol.AppliedKey(l.cfg.Postgres.Slot)
 	d.inv, err = invalidator.New(ropts)
+	d.applier = &serialApplier{inv: d.inv}
 	if err != nil {
 		return usageError{err}
 	}
@@ -132,7 +136,7 @@ func (d *daemon) stream(ctx context.Context) error {
 		return err
 	}
 	opts := pipeline.Options{
-		Registry: d.reg, Querier: d.querier, Applier: d.tables.applier, Store: d.store, Logger: d.log, Observer: d.metrics, Health: d.metrics,
+		Registry: d.reg, Querier: d.querier, Applier: d.applier, Store: d.store, Logger: d.log, Observer: d.metrics, Health: d.metrics,
 		TableOIDs:  d.tables.oids,
 		Checkpoint: stored, ShutdownGrace: stopGrace(d.cfg.ShutdownTimeout), CheckpointRetry: d.cfg.Checkpoint.RetryTimeout,
 		MaxTxChanges: d.cfg.MaxTxChanges, Visibility: d.visible, ReplicaWaitMax: d.cfg.Replicas.WaitMax,
@@ -250,7 +254,7 @@ func (d *daemon) slotLost(ctx context.Context, cause error) error {
 	for _, p := range plan.Problems {
 		d.log.Error("resync cannot invalidate a table's keys; flush them by hand", zap.String("table", p.Table), zap.String("problem", p.Msg))
 	}
-	st, err := d.tables.applier.ApplyBatch(ctx, lsn, plan.Invalidations())
+	st, err := d.applier.ApplyBatch(ctx, lsn, plan.Invalidations())
 	if err != nil {
 		return fmt.Errorf("resync: %w", err)
 	}

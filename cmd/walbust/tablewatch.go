@@ -60,6 +60,13 @@ func (a *serialApplier) ApplyBatch(ctx context.Context, lsn replication.LSN, inv
 	return a.inv.ApplyBatch(ctx, lsn, invs)
 }
 
+// ApplyChunk applies invs without moving the applied watermark.
+func (a *serialApplier) ApplyChunk(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.inv.ApplyChunk(ctx, lsn, invs)
+}
+
 // bindTables resolves the registry's tables at start. It returns problems
 // (from validate.Registry) when any must stop walbust: a missing table
 // alone does not; it is logged, and its on_truncate rules applied.
@@ -74,7 +81,7 @@ func (d *daemon) bindTables(ctx context.Context, conn *pgx.Conn, problems valida
 		// Only a restart after a rename needs the file: not worth stopping for.
 		d.log.Warn("cannot remember which tables deps.yaml names; after a restart, renamed tables will be looked up by name only", zap.Error(err))
 	}
-	d.tables = &tableState{oids: b.oids, applier: &serialApplier{inv: d.inv}, gone: map[string]bool{}, goneOIDs: map[uint32]bool{}}
+	d.tables = &tableState{oids: b.oids, applier: d.applier, gone: map[string]bool{}, goneOIDs: map[uint32]bool{}}
 	var fatal validate.Problems
 	for _, p := range problems {
 		if p.MissingTable == "" {
@@ -149,7 +156,9 @@ func (d *daemon) tablesGone(ctx context.Context, lsn replication.LSN, names []st
 		d.log.Error("a dropped table has no on_truncate rules, so its keys cannot be invalidated; flush them by hand",
 			zap.String("table", p.Table), zap.String("problem", p.Msg))
 	}
-	st, err := d.tables.applier.ApplyBatch(ctx, lsn, plan.Invalidations())
+	// Not ApplyBatch: lsn is the server's WAL position, not a position
+	// the stream has applied up to, so the watermark must not move to it.
+	st, err := d.tables.applier.ApplyChunk(ctx, lsn, plan.Invalidations())
 	if err != nil {
 		return fmt.Errorf("apply on_truncate rules of dropped table(s): %w", err)
 	}
