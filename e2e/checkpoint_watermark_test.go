@@ -3,7 +3,6 @@ package e2e
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -195,28 +194,6 @@ func TestCheckpointWatermarkFollowsCheckpoint(t *testing.T) {
 	}
 }
 
-// wmLaunch starts `walbust run` without waiting for it to stream.
-func (e *env) wmLaunch() {
-	e.t.Helper()
-	logFile, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer logFile.Close()
-	cmd := exec.Command(binary, "run", "--config", e.configPath)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		e.t.Fatalf("start walbust run: %v", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(done)
-	}()
-	e.proc, e.procDone = cmd, done
-}
-
 // When the slot is past the checkpoint and the watermark cannot be read,
 // walbust decides nothing: it neither resyncs nor refuses nor streams, and
 // says why, until Redis answers; then it takes the peer's progress.
@@ -241,7 +218,7 @@ func TestCheckpointPeerProgressWaitsForRedis(t *testing.T) {
 	secACL(t, r, "walbust", "-get")
 	e.wmUse("a")
 	offset := e.regLogOffset()
-	e.wmLaunch()
+	e.launch(nil, nil)
 	e.regWaitLog(offset, `Redis cannot be read to tell whether another walbust applied up to it; waiting for Redis before streaming`, startTimeout)
 	for _, s := range []string{`"msg":"streaming"`, "resyncing", "on_slot_loss"} {
 		if strings.Contains(e.logSince(offset), s) {

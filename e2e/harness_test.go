@@ -193,23 +193,27 @@ func (e *env) walbust(command string, args ...string) (string, int) {
 	return "", -1
 }
 
-// start launches `walbust run` and waits for it to say it is streaming.
-func (e *env) start() {
+// launch starts `walbust run` with extra args and environment, appending
+// its output to the log, without waiting for anything; it returns the log
+// offset this run's lines start at.
+func (e *env) launch(args, environ []string) int64 {
 	e.t.Helper()
 	if e.proc != nil {
-		e.t.Fatal("start: walbust is already running")
+		e.t.Fatal("launch: walbust is already running")
 	}
 	logFile, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	defer logFile.Close()
-	// Only lines written by this run count as its "streaming" line.
 	offset, err := logFile.Seek(0, 2)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	cmd := exec.Command(binary, "run", "--config", e.configPath)
+	cmd := exec.Command(binary, append([]string{"run", "--config", e.configPath}, args...)...)
+	if environ != nil {
+		cmd.Env = append(os.Environ(), environ...)
+	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Dies with the test binary rather than outliving it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -222,7 +226,14 @@ func (e *env) start() {
 		close(done)
 	}()
 	e.proc, e.procDone = cmd, done
+	return offset
+}
 
+// startWith launches `walbust run` and waits for it to say it is streaming.
+func (e *env) startWith(args, environ []string) {
+	e.t.Helper()
+	offset := e.launch(args, environ)
+	cmd, done := e.proc, e.procDone
 	deadline := time.Now().Add(startTimeout)
 	for {
 		if strings.Contains(e.logSince(offset), `"msg":"streaming"`) {
@@ -231,14 +242,20 @@ func (e *env) start() {
 		select {
 		case <-done:
 			e.proc = nil
-			e.t.Fatalf("walbust run exited with code %d before streaming", cmd.ProcessState.ExitCode())
+			e.t.Fatalf("walbust run %s exited with code %d before streaming", strings.Join(args, " "), cmd.ProcessState.ExitCode())
 		default:
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("walbust run did not log \"streaming\" within %v", startTimeout)
+			e.t.Fatalf("walbust run %s did not log \"streaming\" within %v", strings.Join(args, " "), startTimeout)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// start launches `walbust run` and waits for it to say it is streaming.
+func (e *env) start() {
+	e.t.Helper()
+	e.startWith(nil, nil)
 }
 
 // stop sends SIGTERM to `walbust run` and requires a clean exit (code 0).

@@ -3,9 +3,7 @@ package e2e
 import (
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -170,13 +168,13 @@ func TestDroppedPublicationWhileStopped(t *testing.T) {
 	e.cache(append(covered, "session:abc")...)
 
 	offset := e.opsLogSize()
-	e.pubLaunch()
+	e.launch(nil, nil)
 	e.regWaitLog(offset, `waiting for the publication`, publicationTimeout)
 	e.assertRunning()
 	e.stop() // requires exit 0
 
 	offset = e.opsLogSize()
-	e.pubLaunch()
+	e.launch(nil, nil)
 	e.regWaitLog(offset, `waiting for the publication`, publicationTimeout)
 	e.assertPresent(covered...)
 	if out, code := e.walbust("setup"); code != 0 {
@@ -189,30 +187,4 @@ func TestDroppedPublicationWhileStopped(t *testing.T) {
 	e.cache("product:3")
 	e.exec("UPDATE products SET price_cents = price_cents + 1 WHERE id = 3")
 	e.waitGone("product:3")
-}
-
-// pubLaunch starts `walbust run` without waiting for it to stream (start
-// does), for runs that wait on something first.
-func (e *env) pubLaunch() {
-	e.t.Helper()
-	if e.proc != nil {
-		e.t.Fatal("launch: walbust is already running")
-	}
-	logFile, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer logFile.Close()
-	cmd := exec.Command(binary, "run", "--config", e.configPath)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		e.t.Fatalf("start walbust run: %v", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(done)
-	}()
-	e.proc, e.procDone = cmd, done
 }

@@ -8,13 +8,11 @@ import (
 	"math/big"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -204,39 +202,7 @@ func (e *env) regLogLines(offset int64, parts ...string) []string {
 // another checkpoint file).
 func (e *env) regStartWith(args ...string) {
 	e.t.Helper()
-	if e.proc != nil {
-		e.t.Fatal("start: walbust is already running")
-	}
-	logFile, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer logFile.Close()
-	offset, err := logFile.Seek(0, io.SeekEnd)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	cmd := exec.Command(binary, append([]string{"run", "--config", e.configPath}, args...)...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		e.t.Fatalf("start walbust run: %v", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(done)
-	}()
-	e.proc, e.procDone = cmd, done
-	eventually(e.t, startTimeout, func() bool {
-		select {
-		case <-done:
-			e.proc = nil
-			e.t.Fatalf("walbust run %s exited with code %d before streaming", strings.Join(args, " "), cmd.ProcessState.ExitCode())
-		default:
-		}
-		return strings.Contains(e.logSince(offset), `"msg":"streaming"`)
-	}, func() string { return "walbust run " + strings.Join(args, " ") + ` did not log "streaming"` })
+	e.startWith(args, nil)
 }
 
 // regDropSlots drops replication slots, waiting for their walsenders to let

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -46,37 +45,8 @@ func (e *env) secCommand(command string, args, environ []string) (string, int) {
 // base URL of the HTTP server.
 func (e *env) secStart(args, environ []string) string {
 	e.t.Helper()
-	if e.proc != nil {
-		e.t.Fatal("start: walbust is already running")
-	}
 	offset := e.opsLogSize()
-	logFile, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer logFile.Close()
-	cmd := exec.Command(binary, append([]string{"run", "--config", e.configPath}, args...)...)
-	cmd.Env = append(os.Environ(), environ...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		e.t.Fatalf("start walbust run: %v", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(done)
-	}()
-	e.proc, e.procDone = cmd, done
-	opsWithin(e.t, startTimeout, func() (bool, string) {
-		select {
-		case <-done:
-			e.proc = nil
-			e.t.Fatalf("walbust run exited with code %d before streaming", cmd.ProcessState.ExitCode())
-		default:
-		}
-		return strings.Contains(e.logSince(offset), `"msg":"streaming"`), `walbust run did not log "streaming"`
-	})
+	e.startWith(args, environ)
 	addr := opsMetricsAddr(e.logSince(offset))
 	if addr == "" {
 		e.t.Fatal(`walbust is streaming but logged no "serving metrics" line`)
