@@ -19,6 +19,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/walbust/walbust/internal/throwaway"
+
+	"github.com/walbust/walbust/protocol"
 )
 
 // regExampleDeps is the deps.yaml of issue 3, exactly as written there (the
@@ -98,7 +100,10 @@ func (e *env) regKeys() []string {
 	var all []string
 	iter := e.rdb.Scan(e.ctx, 0, "*", 1000).Iterator()
 	for iter.Next(e.ctx) {
-		all = append(all, iter.Val())
+		// walbust's own bookkeeping, not a cache key a rule could touch.
+		if iter.Val() != protocol.AppliedKey(e.name) {
+			all = append(all, iter.Val())
+		}
 	}
 	if err := iter.Err(); err != nil {
 		e.t.Fatal(err)
