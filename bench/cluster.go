@@ -170,7 +170,9 @@ func runCluster(ctx context.Context, e *env) (res *clusterResult, err error) {
 				secs, left, err = e.clusterDrainOne(ctx, fmt.Sprintf("cl-%d-standalone", run+1), slotOf(run, "std"), end, seed, touched, nil, nil)
 			case cfgCluster:
 				secs, left, err = e.clusterDrainOne(ctx, fmt.Sprintf("cl-%d-cluster", run+1), slotOf(run, "cluster"), end, seed, touched, crdb,
-					[]string{"--redis-mode", "cluster", "--redis-url", cluster.URL()})
+					// The bench cluster has no replicas, and this compares
+					// drain rates with standalone's, which does not WAIT.
+					[]string{"--redis-mode", "cluster", "--redis-url", cluster.URL(), "--redis-wait-replicas", "0"})
 			case cfgShards:
 				secs, left, err = e.clusterDrainShards(ctx, run, shardsConfig, slotOf, end, seed, touched, cr.ShardSecs)
 			}
