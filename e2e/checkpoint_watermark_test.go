@@ -171,8 +171,15 @@ func TestCheckpointWatermarkFollowsCheckpoint(t *testing.T) {
 		t.Helper()
 		var mark, ckpt pglogrepl.LSN
 		eventually(t, invalidateTimeout, func() bool {
-			mark, ckpt = e.wmApplied(), e.ckptFileLSN()
-			return mark != 0 && mark == ckpt
+			// The watermark is written before the checkpoint is saved: no
+			// file yet means not yet.
+			b, err := os.ReadFile(e.checkpoint)
+			if err != nil {
+				return false
+			}
+			ckpt, err = pglogrepl.ParseLSN(checkpointFileLSN(b))
+			mark = e.wmApplied()
+			return err == nil && mark != 0 && mark == ckpt
 		}, func() string { return what + ": watermark " + mark.String() + ", checkpoint " + ckpt.String() })
 	}
 	e.wmUpdate("product:1", 1)
