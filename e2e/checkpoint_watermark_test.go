@@ -205,7 +205,7 @@ func TestCheckpointWatermarkFollowsCheckpoint(t *testing.T) {
 // walbust decides nothing: it neither resyncs nor refuses nor streams, and
 // says why, until Redis answers; then it takes the peer's progress.
 func TestCheckpointPeerProgressWaitsForRedis(t *testing.T) {
-	r := secRedis(t)
+	r := opsDedicatedRedis(t)
 	secACL(t, r, "walbust", "on", ">pw-walbust", "~*", "&*", "+@all")
 	e := newEnv(t, envOptions{seed: defaultSeed, noStart: true})
 	e.opsWriteConfig(opsConfig{redisURL: "redis://walbust:pw-walbust@" + r.Addr() + "/0"})

@@ -178,9 +178,19 @@ func (e *env) writeFile(name, contents string) {
 // and returns its combined output and exit code.
 func (e *env) walbust(command string, args ...string) (string, int) {
 	e.t.Helper()
+	return e.oneShot(command, args, nil)
+}
+
+// oneShot runs a one-shot command with the test's config, extra flags and
+// environment variables; combined output and exit code.
+func (e *env) oneShot(command string, args, environ []string) (string, int) {
+	e.t.Helper()
 	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, append([]string{command, "--config", e.configPath}, args...)...)
+	if environ != nil {
+		cmd.Env = append(os.Environ(), environ...)
+	}
 	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
 	switch {

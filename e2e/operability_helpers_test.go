@@ -391,7 +391,7 @@ func opsDedicatedPostgres(t *testing.T, prepare func(dir string) []throwaway.Pos
 
 // opsDedicatedRedis starts a Redis of the test's own, for tests that stop
 // it or lock it with a password.
-func opsDedicatedRedis(t *testing.T) *throwaway.Redis {
+func opsDedicatedRedis(t *testing.T, args ...string) *throwaway.Redis {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "walbust-e2e-ops-redis-")
 	if err != nil {
@@ -399,7 +399,7 @@ func opsDedicatedRedis(t *testing.T) *throwaway.Redis {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	r, err := throwaway.StartRedis(ctx, dir)
+	r, err := throwaway.StartRedis(ctx, dir, args...)
 	if err != nil {
 		os.RemoveAll(dir)
 		t.Fatal(err)

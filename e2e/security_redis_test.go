@@ -13,29 +13,6 @@ import (
 	"github.com/walbust/walbust/internal/throwaway"
 )
 
-// secRedis starts a Redis of the test's own with extra redis-server
-// arguments (maxmemory-policy, cluster-enabled...).
-func secRedis(t *testing.T, args ...string) *throwaway.Redis {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "walbust-e2e-sec-redis-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	r, err := throwaway.StartRedis(ctx, dir, args...)
-	if err != nil {
-		os.RemoveAll(dir)
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := r.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return r
-}
-
 // secACL runs ACL SETUSER on r as its default user.
 func secACL(t *testing.T, r *throwaway.Redis, rules ...string) {
 	t.Helper()
@@ -63,7 +40,7 @@ func (e *env) secValidate() (string, int) {
 // for the repository's deps.yaml (delete, patterns, events) passes and
 // streams.
 func TestSecurityRedisACL(t *testing.T) {
-	r := secRedis(t)
+	r := opsDedicatedRedis(t)
 	secACL(t, r, "walbust", "on", ">pw-walbust", "~*", "&*", "+@all", "-unlink")
 	e := newEnv(t, envOptions{seed: defaultSeed, noStart: true})
 	e.opsWriteConfig(opsConfig{redisURL: "redis://walbust:pw-walbust@" + r.Addr() + "/0"})
@@ -107,7 +84,7 @@ func TestSecurityRedisACL(t *testing.T) {
 func TestSecurityRedisPolicyAndMode(t *testing.T) {
 	e := newEnv(t, envOptions{noStart: true})
 
-	lru := secRedis(t, "--maxmemory-policy", "allkeys-lru")
+	lru := opsDedicatedRedis(t, "--maxmemory-policy", "allkeys-lru")
 	e.opsWriteConfig(opsConfig{redisURL: lru.URL()})
 	out, code := e.secValidate()
 	if code != 0 || !strings.Contains(out, "warning: redis:") || !strings.Contains(out, "maxmemory-policy allkeys-lru") ||
@@ -116,7 +93,7 @@ func TestSecurityRedisPolicyAndMode(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	node := secRedis(t, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"))
+	node := opsDedicatedRedis(t, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"))
 	e.opsWriteConfig(opsConfig{redisURL: node.URL()})
 	out, code = e.secValidate()
 	if code != 1 || !strings.Contains(out, "redis.mode is standalone but redis at "+node.Addr()+" reports redis_mode:cluster") ||
@@ -144,7 +121,7 @@ func TestSecurityRedisPolicyAndMode(t *testing.T) {
 // Redis down when run starts: run streams, says so at once and again
 // while it waits, and carries on once Redis is back.
 func TestSecurityRunWaitsForRedisLoudly(t *testing.T) {
-	r := secRedis(t)
+	r := opsDedicatedRedis(t)
 	e := newEnv(t, envOptions{seed: defaultSeed, noStart: true})
 	e.opsWriteConfig(opsConfig{redisURL: r.URL()})
 	if err := r.Stop(); err != nil {

@@ -1,17 +1,13 @@
 package e2e
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
@@ -21,24 +17,12 @@ import (
 // flags and environment variables; combined output and exit code.
 func (e *env) secCommand(command string, args, environ []string) (string, int) {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, append([]string{command, "--config", e.configPath}, args...)...)
-	cmd.Env = append(os.Environ(), environ...)
-	out, err := cmd.CombinedOutput()
-	if f, ferr := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); ferr == nil {
-		f.Write(out)
+	out, code := e.oneShot(command, args, environ)
+	if f, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+		f.WriteString(out)
 		f.Close()
 	}
-	var exit *exec.ExitError
-	switch {
-	case err == nil:
-		return string(out), 0
-	case errors.As(err, &exit):
-		return string(out), exit.ExitCode()
-	}
-	e.t.Fatalf("walbust %s: %v\n%s", command, err, out)
-	return "", -1
+	return out, code
 }
 
 // secStart is e.start with flags and environment variables, returning the

@@ -69,10 +69,10 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 	ropts.EventsChannel, ropts.Logger, ropts.OnResult = l.cfg.Events.Channel, l.log.Named("redis"), d.metrics.RedisResult
 	ropts.Watermark = protocol.AppliedKey(l.cfg.Postgres.Slot)
 	d.inv, err = invalidator.New(ropts)
-	d.applier = &serialApplier{inv: d.inv}
 	if err != nil {
 		return usageError{err}
 	}
+	d.applier = &serialApplier{inv: d.inv}
 	defer d.inv.Close()
 	d.visible = visibility.NewChecker(l.cfg.Postgres.URL)
 	defer d.visible.Close(context.WithoutCancel(ctx))
