@@ -102,9 +102,11 @@ func TestCheckpointSaveFailureIsVisibleThenRecovers(t *testing.T) {
 	e.opsWriteConfig(opsConfig{heartbeat: "0s"})
 	base := e.opsStartServing()
 	silentReadyz(t, base, http.StatusOK, "ready")
-	e.fence()
-
+	// Broken before the first checkpoint is ever saved: nothing is
+	// acknowledged yet, the case where a status update could confirm
+	// everything received.
 	repair := e.breakCheckpoint()
+	e.fence()
 	offset := e.opsLogSize()
 	e.cache("product:1")
 	e.exec("UPDATE products SET price_cents = 1 WHERE id = 1")

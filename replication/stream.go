@@ -371,10 +371,7 @@ func (s *Streamer) report(ctx context.Context, ack Acknowledger, requestReply bo
 	if flush < s.reported {
 		flush = s.reported
 	}
-	write := max(s.received, flush)
-	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
-		WALWritePosition: write, WALFlushPosition: flush, WALApplyPosition: flush, ReplyRequested: requestReply,
-	})
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, statusUpdate(s.received, flush, requestReply))
 	if err != nil {
 		return fmt.Errorf("send standby status: %w", err)
 	}
@@ -386,6 +383,19 @@ func (s *Streamer) report(ctx context.Context, ack Acknowledger, requestReply bo
 		s.opts.OnReport(max(s.serverWALEnd, flush), flush)
 	}
 	return nil
+}
+
+// statusUpdate reports received WAL as written and flush as confirmed.
+// With nothing to confirm yet (flush 0, a first start whose first
+// checkpoint is not saved) the write position is 0 too: pglogrepl sends a
+// zero flush position as the write position, which would confirm to the
+// slot everything received, saved or not.
+func statusUpdate(received, flush LSN, requestReply bool) pglogrepl.StandbyStatusUpdate {
+	write := max(received, flush)
+	if flush == 0 {
+		write = 0
+	}
+	return pglogrepl.StandbyStatusUpdate{WALWritePosition: write, WALFlushPosition: flush, WALApplyPosition: flush, ReplyRequested: requestReply}
 }
 
 func (s *Streamer) connected(up bool) {

@@ -30,3 +30,30 @@ func TestFlushPositionNeverPastWhatWasStreamed(t *testing.T) {
 		t.Errorf("a delivered transaction unacknowledged: flush %s, want the acknowledged 0/800", got)
 	}
 }
+
+// pglogrepl replaces a zero flush (or apply) position with the write
+// position: a status update must then carry no write position either, or
+// it confirms WAL that nothing acknowledged.
+func TestStatusUpdateConfirmsOnlyTheFlushPosition(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		received, flush LSN
+		wantWrite       LSN
+	}{
+		{"nothing acknowledged yet", 0x5000, 0, 0},
+		{"acknowledged behind received", 0x5000, 0x3000, 0x5000},
+		{"idle position past received", 0x5000, 0x6000, 0x6000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := statusUpdate(tc.received, tc.flush, false)
+			if u.WALWritePosition != tc.wantWrite || u.WALFlushPosition != tc.flush || u.WALApplyPosition != tc.flush {
+				t.Errorf("write/flush/apply %s/%s/%s, want %s/%s/%s", u.WALWritePosition, u.WALFlushPosition, u.WALApplyPosition,
+					tc.wantWrite, tc.flush, tc.flush)
+			}
+			// What pglogrepl would send for a zero flush position.
+			if sent := u.WALFlushPosition; sent == 0 && u.WALWritePosition != 0 {
+				t.Errorf("flush 0 with write %s: pglogrepl would confirm %s", u.WALWritePosition, u.WALWritePosition)
+			}
+		})
+	}
+}
