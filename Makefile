@@ -27,7 +27,7 @@ all: build
 
 ## demo: run the end-to-end demo against throwaway servers (leaves nothing running)
 demo: deps
-	$(GO) run ./demo
+	$(GO) run ./cmd/walbust-demo
 
 ## test: lint, then unit and e2e tests (e2e starts its own Postgres and redis-server)
 test: deps lint unit
@@ -88,12 +88,12 @@ deps:
 
 ## bench: the issue-6 benchmark suite (quick scale; BENCH_FLAGS="-scale full" for the issue's sizes)
 bench: deps
-	$(GO) run ./bench $(BENCH_FLAGS)
+	$(GO) run ./cmd/walbust-bench $(BENCH_FLAGS)
 
 ## consistency: the issue-7 consistency harness (>= 1M reads of mode (b), kill -9 of walbust mid-run;
 ## CONSISTENCY_FLAGS="-reads 200000" for a quicker run). `make test` runs a short version.
 consistency: deps
-	$(GO) run ./consistency $(CONSISTENCY_FLAGS)
+	$(GO) run ./cmd/walbust-consistency $(CONSISTENCY_FLAGS)
 
 clean:
 	rm -rf bin

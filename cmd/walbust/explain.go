@@ -11,7 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/walbust/walbust/lookup"
+	"github.com/walbust/walbust/internal/lookup"
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/replication"
 )

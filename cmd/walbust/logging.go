@@ -7,7 +7,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/walbust/walbust/config"
+	"github.com/walbust/walbust/internal/config"
 )
 
 func newLogger(cfg config.Log, w io.Writer) (*zap.Logger, error) {

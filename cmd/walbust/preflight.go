@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/walbust/walbust/validate"
+	"github.com/walbust/walbust/internal/validate"
 )
 
 // serverTargets is what the Postgres preflight checks, per target.

@@ -11,7 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/walbust/walbust/config"
+	"github.com/walbust/walbust/internal/config"
 	"github.com/walbust/walbust/mapping"
 )
 

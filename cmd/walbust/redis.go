@@ -1,7 +1,7 @@
 package main
 
 import (
-	"github.com/walbust/walbust/config"
+	"github.com/walbust/walbust/internal/config"
 	"github.com/walbust/walbust/invalidator"
 )
 

@@ -13,10 +13,10 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/walbust/walbust/internal/pipeline"
+	"github.com/walbust/walbust/internal/validate"
 	"github.com/walbust/walbust/mapping"
-	"github.com/walbust/walbust/pipeline"
 	"github.com/walbust/walbust/replication"
-	"github.com/walbust/walbust/validate"
 )
 
 // reloader applies SIGHUP: it reads deps.yaml again, checks it against the

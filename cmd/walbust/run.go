@@ -10,16 +10,16 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/walbust/walbust/checkpoint"
+	"github.com/walbust/walbust/internal/lookup"
+	"github.com/walbust/walbust/internal/metrics"
+	"github.com/walbust/walbust/internal/pipeline"
+	"github.com/walbust/walbust/internal/replicas"
+	"github.com/walbust/walbust/internal/validate"
+	"github.com/walbust/walbust/internal/visibility"
 	"github.com/walbust/walbust/invalidator"
-	"github.com/walbust/walbust/lookup"
 	"github.com/walbust/walbust/mapping"
-	"github.com/walbust/walbust/metrics"
-	"github.com/walbust/walbust/pipeline"
 	"github.com/walbust/walbust/protocol"
-	"github.com/walbust/walbust/replicas"
 	"github.com/walbust/walbust/replication"
-	"github.com/walbust/walbust/validate"
-	"github.com/walbust/walbust/visibility"
 )
 
 // daemon is everything run wires together.

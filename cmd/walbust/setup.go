@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/walbust/walbust/internal/validate"
 	"github.com/walbust/walbust/replication"
-	"github.com/walbust/walbust/validate"
 )
 
 func connectSQL(ctx context.Context, url string) (*pgx.Conn, error) {

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/walbust/walbust/checkpoint"
-	"github.com/walbust/walbust/metrics"
+	"github.com/walbust/walbust/internal/metrics"
 	"github.com/walbust/walbust/replication"
 )
 

@@ -11,11 +11,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
+	"github.com/walbust/walbust/internal/metrics"
+	"github.com/walbust/walbust/internal/validate"
 	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/mapping"
-	"github.com/walbust/walbust/metrics"
 	"github.com/walbust/walbust/replication"
-	"github.com/walbust/walbust/validate"
 )
 
 // A mapped table that disappears (DROP TABLE) sends nothing down the

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/walbust/walbust/config"
-	"github.com/walbust/walbust/validate"
+	"github.com/walbust/walbust/internal/config"
+	"github.com/walbust/walbust/internal/validate"
 )
 
 // validateCommand checks deps.yaml against the live database and reports

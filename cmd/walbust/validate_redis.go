@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/walbust/walbust/config"
+	"github.com/walbust/walbust/internal/config"
 	"github.com/walbust/walbust/invalidator"
 )
 

@@ -12,7 +12,7 @@ import (
 )
 
 // Root asks the go command where the current module's go.mod is; run is
-// how a user starts the caller (e.g. "go run ./demo"), for the error.
+// how a user starts the caller (e.g. "go run ./cmd/walbust-demo"), for the error.
 func Root(ctx context.Context, run string) (string, error) {
 	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
 	if err != nil {

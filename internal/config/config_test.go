@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/walbust/walbust/config"
+	"github.com/walbust/walbust/internal/config"
 	"github.com/walbust/walbust/internal/yamlnode"
 )
 

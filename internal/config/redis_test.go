@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/walbust/walbust/config"
+	"github.com/walbust/walbust/internal/config"
 )
 
 func TestRedisMode(t *testing.T) {

@@ -132,7 +132,7 @@ func newEnv(ctx context.Context, sc scale, binary string, keep bool, logf func(s
 		e.binary = filepath.Join(e.work, "walbust")
 		logf("building walbust")
 		build := exec.CommandContext(ctx, "go", "build", "-o", e.binary, "./cmd/walbust")
-		build.Dir, err = gomod.Root(ctx, "go run ./bench")
+		build.Dir, err = gomod.Root(ctx, "go run ./cmd/walbust-bench")
 		if err != nil {
 			return e, err
 		}

@@ -2,7 +2,7 @@
 // it caches a few keys, changes rows with the real psql (so the writer holds
 // no walbust code at all) and reports which keys vanished and how fast.
 //
-// Run it from the repository with `go run ./demo` or `make demo`. Everything
+// Run it from the repository with `go run ./cmd/walbust-demo` or `make demo`. Everything
 // it starts lives in a temporary directory and is stopped and removed on
 // exit, on error and on Ctrl-C.
 package main
@@ -105,7 +105,7 @@ func main() {
 }
 
 func run(ctx context.Context) (err error) {
-	root, err := gomod.Root(ctx, "go run ./demo")
+	root, err := gomod.Root(ctx, "go run ./cmd/walbust-demo")
 	if err != nil {
 		return err
 	}

@@ -93,7 +93,7 @@ func newEnv(ctx context.Context, cfg config, logf func(string, ...any)) (e *env,
 	if e.binary == "" {
 		e.binary = filepath.Join(e.work, "walbust")
 		logf("building walbust")
-		root, err := gomod.Root(ctx, "go run ./consistency")
+		root, err := gomod.Root(ctx, "go run ./cmd/walbust-consistency")
 		if err != nil {
 			return e, err
 		}

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/walbust/walbust/config"
+	"github.com/walbust/walbust/internal/config"
 )
 
 // loadWarnings is load that also returns the Loader's warnings.

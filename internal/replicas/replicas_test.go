@@ -9,8 +9,8 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/walbust/walbust/internal/replicas"
 	"github.com/walbust/walbust/internal/throwaway"
-	"github.com/walbust/walbust/replicas"
 )
 
 // startPair starts a primary and a streaming replica that applies WAL

@@ -14,8 +14,8 @@
 // builds walbust, prints a table, optionally writes JSON, and removes
 // everything it started on exit, including on Ctrl-C.
 //
-//	go run ./bench                      # quick: about 3-4 minutes
-//	go run ./bench -scale full -json bench.json
+//	go run ./cmd/walbust-bench                      # quick: about 3-4 minutes
+//	go run ./cmd/walbust-bench -scale full -json bench.json
 package main
 
 import (
@@ -227,7 +227,7 @@ func shellJoin(args []string) string {
 		out[i] = a
 	}
 	if len(out) > 0 && strings.Contains(out[0], "go-build") {
-		out[0] = "go run ./bench"
+		out[0] = "go run ./cmd/walbust-bench"
 	}
 	return strings.Join(out, " ")
 }

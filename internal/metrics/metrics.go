@@ -9,8 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/walbust/walbust/internal/pipeline"
 	"github.com/walbust/walbust/mapping"
-	"github.com/walbust/walbust/pipeline"
 	"github.com/walbust/walbust/replication"
 )
 

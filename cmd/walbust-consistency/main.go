@@ -9,7 +9,7 @@
 // walbust is killed with SIGKILL mid-run and restarted. After the writers
 // stop and walbust and the replica have caught up, every cached key is
 // compared with the database. See `make consistency`; a short run is part
-// of `go test ./consistency`.
+// of `go test ./cmd/walbust-consistency`.
 package main
 
 import (
