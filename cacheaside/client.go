@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/walbust/walbust/protocol"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // LoadFunc reads a key's value from the database. It returns ErrNotFound
@@ -25,7 +26,7 @@ type Observation struct {
 	// FenceLSN is the commit LSN of the newest fence the key carried (0
 	// if none was seen: the key was simply absent). A loader reading a
 	// replica can check ReplicaCaughtUp and read the primary instead.
-	FenceLSN uint64
+	FenceLSN wal.LSN
 	// Revalidation marks a background stale-while-revalidate reload.
 	Revalidation bool
 }
@@ -33,7 +34,7 @@ type Observation struct {
 // ReplicaCaughtUp reports whether a replica whose pg_last_wal_replay_lsn()
 // is replay has applied the commit the observed fence stands for.
 // FenceLSN is the start of the commit record, so replay must be past it.
-func (o Observation) ReplicaCaughtUp(replay uint64) bool { return replay > o.FenceLSN }
+func (o Observation) ReplicaCaughtUp(replay wal.LSN) bool { return replay > o.FenceLSN }
 
 // Stats are a Client's counters since New.
 type Stats struct {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/walbust/walbust/protocol"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // maxFillAttempts bounds how often one fill starts over because a fence
@@ -99,7 +100,7 @@ func leaseReply(res []any) (bool, string, int64, error) {
 // loadAndFill loads and writes the value back over expected, the lease
 // observed (ours when mine). fenced reports that the key was fenced again
 // meanwhile, so the value may be older than that write.
-func (c *Client) loadAndFill(ctx context.Context, key string, load LoadFunc, expected string, lsn uint64, leaseTTL time.Duration, mine bool) (result, bool, error) {
+func (c *Client) loadAndFill(ctx context.Context, key string, load LoadFunc, expected string, lsn wal.LSN, leaseTTL time.Duration, mine bool) (result, bool, error) {
 	start := time.Now()
 	c.n.loads.Add(1)
 	v, err := load(ctx, Observation{FenceLSN: lsn})
@@ -139,7 +140,7 @@ func (c *Client) loadAndFill(ctx context.Context, key string, load LoadFunc, exp
 
 // release turns our lease back into a tombstone after a failed load, so
 // the next reader need not wait for it; the LSN and the TTL stay.
-func (c *Client) release(key, lease string, lsn uint64) {
+func (c *Client) release(key, lease string, lsn wal.LSN) {
 	ctx, cancel := context.WithTimeout(c.bg, 2*time.Second)
 	defer cancel()
 	_, _ = c.casFill(ctx, key, lease, protocol.Tombstone(lsn, protocol.NewToken()), 0)

@@ -13,7 +13,7 @@ import (
 	"path/filepath"
 	"sync"
 
-	"github.com/jackc/pglogrepl"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // File is a checkpoint kept in one file.
@@ -45,7 +45,7 @@ func (f *File) Bind(id Identity) {
 }
 
 // Load returns the stored LSN, or 0 when there is no checkpoint yet.
-func (f *File) Load() (pglogrepl.LSN, error) {
+func (f *File) Load() (wal.LSN, error) {
 	c, _, err := f.Read()
 	return c.LSN, err
 }
@@ -67,7 +67,7 @@ func (f *File) Read() (c Checkpoint, found bool, err error) {
 }
 
 // Save durably stores lsn, with the bound identity if there is one.
-func (f *File) Save(lsn pglogrepl.LSN) error {
+func (f *File) Save(lsn wal.LSN) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.write(Checkpoint{LSN: lsn, Identity: f.identity})

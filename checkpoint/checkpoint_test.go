@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/jackc/pglogrepl"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 func TestSaveLoadRoundTrip(t *testing.T) {
@@ -17,7 +17,7 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	if err != nil || lsn != 0 {
 		t.Fatalf("fresh checkpoint = %s, %v; want 0, nil", lsn, err)
 	}
-	for _, want := range []pglogrepl.LSN{0x16B3748, 0x1_0000_0000, 0x1_0000_0010} {
+	for _, want := range []wal.LSN{0x16B3748, 0x1_0000_0000, 0x1_0000_0010} {
 		if err := f.Save(want); err != nil {
 			t.Fatal(err)
 		}

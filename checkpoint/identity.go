@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/jackc/pglogrepl"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Identity says whose position a checkpoint is. An LSN means something only
@@ -26,7 +26,7 @@ func (id Identity) String() string {
 
 // Checkpoint is what a checkpoint file holds.
 type Checkpoint struct {
-	LSN pglogrepl.LSN
+	LSN wal.LSN
 	// Identity is nil for a file that predates identities (a bare LSN line).
 	Identity *Identity
 }
@@ -59,7 +59,7 @@ func decode(data string) (Checkpoint, error) {
 	if !isLSN(first) {
 		return c, fmt.Errorf("first line %q is not an LSN (X/Y in hex)", first)
 	}
-	lsn, err := pglogrepl.ParseLSN(first)
+	lsn, err := wal.ParseLSN(first)
 	if err != nil {
 		return c, fmt.Errorf("first line is not an LSN: %w", err)
 	}

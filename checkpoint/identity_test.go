@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/jackc/pglogrepl"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 func TestIdentityRoundTrip(t *testing.T) {
@@ -51,7 +51,7 @@ func TestBareLSNFileHasNoIdentity(t *testing.T) {
 func TestHugeLSNRoundTrips(t *testing.T) {
 	f, _ := Open(filepath.Join(t.TempDir(), "checkpoint"))
 	f.Bind(Identity{SystemID: "1", Database: "d", Slot: "s"})
-	want := pglogrepl.LSN(0xFFFFFFFF_FFFFFF00)
+	want := wal.LSN(0xFFFFFFFF_FFFFFF00)
 	if err := f.Save(want); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // refuseTimeout bounds a `walbust run` that must refuse to start: one that
@@ -17,7 +18,7 @@ const refuseTimeout = 45 * time.Second
 
 // ckptStreamThenStop applies one write, stops walbust and returns the LSN
 // its checkpoint file holds.
-func (e *env) ckptStreamThenStop() pglogrepl.LSN {
+func (e *env) ckptStreamThenStop() wal.LSN {
 	e.t.Helper()
 	e.fence()
 	e.stop()
@@ -25,7 +26,7 @@ func (e *env) ckptStreamThenStop() pglogrepl.LSN {
 }
 
 // ckptFileLSN reads the first line of the checkpoint file: the position.
-func (e *env) ckptFileLSN() pglogrepl.LSN {
+func (e *env) ckptFileLSN() wal.LSN {
 	e.t.Helper()
 	b, err := os.ReadFile(e.checkpoint)
 	if err != nil {
@@ -244,7 +245,7 @@ func TestCheckpointStatusHugeLSNAndCorruptFile(t *testing.T) {
 
 // ckptPoisonSlot confirms lsn to the slot the way a client that trusted a
 // foreign checkpoint did.
-func (e *env) ckptPoisonSlot(lsn pglogrepl.LSN) {
+func (e *env) ckptPoisonSlot(lsn wal.LSN) {
 	e.t.Helper()
 	conn, err := pgconn.Connect(e.ctx, pg.URL(e.name)+"&replication=database")
 	if err != nil {
@@ -256,7 +257,7 @@ func (e *env) ckptPoisonSlot(lsn pglogrepl.LSN) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	err = pglogrepl.SendStandbyStatusUpdate(e.ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn})
+	err = pglogrepl.SendStandbyStatusUpdate(e.ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: pglogrepl.LSN(lsn), WALFlushPosition: pglogrepl.LSN(lsn), WALApplyPosition: pglogrepl.LSN(lsn)})
 	if err != nil {
 		e.t.Fatal(err)
 	}

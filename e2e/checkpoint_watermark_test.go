@@ -8,10 +8,10 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/walbust/walbust/protocol"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // wmUse points the env at instance name's config: the test's config with
@@ -45,7 +45,7 @@ func (e *env) wmKill() {
 }
 
 // wmApplied reads the applied watermark from Redis (0 when absent).
-func (e *env) wmApplied() pglogrepl.LSN {
+func (e *env) wmApplied() wal.LSN {
 	e.t.Helper()
 	s, err := e.rdb.Get(e.ctx, protocol.AppliedKey(e.name)).Result()
 	if errors.Is(err, redis.Nil) {
@@ -58,7 +58,7 @@ func (e *env) wmApplied() pglogrepl.LSN {
 }
 
 // wmWaitSlotPast waits until the slot confirmed a position past lsn.
-func (e *env) wmWaitSlotPast(lsn pglogrepl.LSN) {
+func (e *env) wmWaitSlotPast(lsn wal.LSN) {
 	e.t.Helper()
 	eventually(e.t, invalidateTimeout, func() bool { return e.opsSlotConfirmed() > lsn },
 		func() string { return "slot confirmed " + e.opsSlotConfirmed().String() + ", not past " + lsn.String() })
@@ -169,7 +169,7 @@ func TestCheckpointWatermarkFollowsCheckpoint(t *testing.T) {
 	e := newEnv(t, envOptions{seed: defaultSeed})
 	equal := func(what string) {
 		t.Helper()
-		var mark, ckpt pglogrepl.LSN
+		var mark, ckpt wal.LSN
 		eventually(t, invalidateTimeout, func() bool {
 			// The watermark is written before the checkpoint is saved: no
 			// file yet means not yet.
@@ -177,7 +177,7 @@ func TestCheckpointWatermarkFollowsCheckpoint(t *testing.T) {
 			if err != nil {
 				return false
 			}
-			ckpt, err = pglogrepl.ParseLSN(checkpointFileLSN(b))
+			ckpt, err = wal.ParseLSN(checkpointFileLSN(b))
 			mark = e.wmApplied()
 			return err == nil && mark != 0 && mark == ckpt
 		}, func() string { return what + ": watermark " + mark.String() + ", checkpoint " + ckpt.String() })

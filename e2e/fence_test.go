@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/walbust/walbust/protocol"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // action: fence replaces each key, and each key a pattern matches, with a
@@ -41,7 +42,7 @@ tables:
 		return protocol.Decode(v).Kind == protocol.KindTombstone
 	}, func() string { v, _ := e.regGet("product:1"); return "product:1 = " + v })
 
-	var lsn uint64
+	var lsn wal.LSN
 	for _, k := range []string{"product:1", "product-search:1:page1", "product-search:1:page2"} {
 		v, _ := e.regGet(k)
 		f, err := protocol.ParseTombstone(v)
@@ -49,7 +50,7 @@ tables:
 			t.Errorf("%s = %q, not a tombstone: %v", k, v, err)
 			continue
 		}
-		if l := new(big.Int).SetUint64(f.LSN); l.Cmp(before) < 0 || l.Cmp(after) >= 0 {
+		if l := new(big.Int).SetUint64(uint64(f.LSN)); l.Cmp(before) < 0 || l.Cmp(after) >= 0 {
 			t.Errorf("%s: tombstone LSN %d, want the commit LSN, in [%s, %s)", k, f.LSN, before, after)
 		}
 		if lsn != 0 && f.LSN != lsn {

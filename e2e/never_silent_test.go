@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/redis/go-redis/v9"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Tests of the rule "for every committed change walbust either applies its
@@ -61,7 +61,7 @@ func silentReadyz(t *testing.T, base string, wantCode int, wantIn ...string) str
 }
 
 // neverConfirms checks, for a while, that the slot does not confirm lsn.
-func (e *env) neverConfirms(lsn pglogrepl.LSN, what string) {
+func (e *env) neverConfirms(lsn wal.LSN, what string) {
 	e.t.Helper()
 	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
 		if c := e.opsSlotConfirmed(); c >= lsn {

@@ -26,10 +26,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/walbust/walbust/internal/throwaway"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Helpers for the operability tests: configs that vary what newEnv writes,
@@ -183,7 +183,7 @@ func (e *env) opsUseRedis(c *redis.Client) {
 }
 
 // opsSlotConfirmed returns the slot's confirmed_flush_lsn (0 if none).
-func (e *env) opsSlotConfirmed() pglogrepl.LSN {
+func (e *env) opsSlotConfirmed() wal.LSN {
 	e.t.Helper()
 	var text string
 	e.queryRow(`SELECT coalesce((SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1), '0/0')`,
@@ -193,16 +193,16 @@ func (e *env) opsSlotConfirmed() pglogrepl.LSN {
 
 // opsWALInsertLSN is the current WAL insert position: every commit made
 // before the call ends at or before it.
-func (e *env) opsWALInsertLSN() pglogrepl.LSN {
+func (e *env) opsWALInsertLSN() wal.LSN {
 	e.t.Helper()
 	var text string
 	e.queryRow(`SELECT pg_current_wal_insert_lsn()::text`, []any{&text})
 	return opsLSN(e.t, text)
 }
 
-func opsLSN(t *testing.T, s string) pglogrepl.LSN {
+func opsLSN(t *testing.T, s string) wal.LSN {
 	t.Helper()
-	lsn, err := pglogrepl.ParseLSN(strings.TrimSpace(s))
+	lsn, err := wal.ParseLSN(strings.TrimSpace(s))
 	if err != nil {
 		t.Fatalf("parse LSN %q: %v", s, err)
 	}

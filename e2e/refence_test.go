@@ -10,6 +10,7 @@ import (
 	"github.com/walbust/walbust/checkpoint"
 	"github.com/walbust/walbust/internal/throwaway"
 	"github.com/walbust/walbust/protocol"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // With a lagging replica, a fenced key is fenced a second time (same LSN,
@@ -57,14 +58,14 @@ tables:
 		first = f
 		return err == nil
 	}, func() string { v, _ := e.regGet("product:1"); return "product:1 = " + v + ", want a tombstone" })
-	if lsn := new(big.Int).SetUint64(first.LSN); lsn.Cmp(before) < 0 || lsn.Cmp(after) >= 0 {
+	if lsn := new(big.Int).SetUint64(uint64(first.LSN)); lsn.Cmp(before) < 0 || lsn.Cmp(after) >= 0 {
 		t.Errorf("tombstone LSN %d, want the commit's, in [%s, %s)", first.LSN, before, after)
 	}
 	store, err := checkpoint.Open(e.checkpoint)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cp, err := store.Load(); err != nil || uint64(cp) > first.LSN {
+	if cp, err := store.Load(); err != nil || wal.LSN(cp) > first.LSN {
 		t.Errorf("checkpoint %s (%v) passed the commit %d while its re-fence waits for the replica", cp, err, first.LSN)
 	}
 
@@ -83,7 +84,7 @@ tables:
 	}
 	eventually(t, invalidateTimeout, func() bool {
 		cp, err := store.Load()
-		return err == nil && uint64(cp) > first.LSN
+		return err == nil && wal.LSN(cp) > first.LSN
 	}, func() string {
 		cp, err := store.Load()
 		return "checkpoint " + cp.String() + " did not pass the commit after the re-fence: " + errString(err)

@@ -16,7 +16,7 @@ import (
 	"github.com/walbust/walbust/internal/throwaway"
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/protocol"
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // testDir is a directory removed when the test ends.
@@ -81,7 +81,7 @@ func TestCluster(t *testing.T) {
 			invs = append(invs, mapping.Invalidation{Action: mapping.Delete, Key: "wm:" + strconv.Itoa(i)})
 		}
 		for _, tt := range []struct {
-			lsn  replication.LSN
+			lsn  wal.LSN
 			invs []mapping.Invalidation
 		}{{0x16B3748, invs}, {0x16B4000, nil}} {
 			if _, err := wiv.ApplyBatch(ctx, tt.lsn, tt.invs); err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/walbust/walbust/internal/throwaway"
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/protocol"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // testRedis starts a throwaway redis-server for one test; without one the
@@ -53,7 +54,7 @@ func TestApplyFence(t *testing.T) {
 	rdb.Set(ctx, "search:2:a", val, time.Hour)                           // not matched
 	rdb.Set(ctx, "order:9", protocol.Tombstone(900, other), time.Minute) // fenced by a later commit already
 
-	fence := func(key string, lsn uint64, pattern bool) mapping.Invalidation {
+	fence := func(key string, lsn wal.LSN, pattern bool) mapping.Invalidation {
 		return mapping.Invalidation{Action: mapping.Fence, Key: key, Pattern: pattern, Version: lsn, TTL: 30 * time.Second}
 	}
 	batch := []mapping.Invalidation{
@@ -70,7 +71,7 @@ func TestApplyFence(t *testing.T) {
 		t.Errorf("stats %+v, want 3 keys, 1 pattern, 2 matches", st)
 	}
 	tokens := map[string]bool{}
-	for key, wantLSN := range map[string]uint64{"order:1": 500, "order:2": 500, "order:9": 900, "search:1:a": 500, "search:1:b": 500} {
+	for key, wantLSN := range map[string]wal.LSN{"order:1": 500, "order:2": 500, "order:9": 900, "search:1:a": 500, "search:1:b": 500} {
 		v, err := rdb.Get(ctx, key).Result()
 		if err != nil {
 			t.Errorf("%s: %v", key, err)

@@ -17,7 +17,7 @@ import (
 
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/protocol"
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Options configures an Invalidator.
@@ -132,7 +132,7 @@ func (iv *Invalidator) Apply(ctx context.Context, invs []mapping.Invalidation) (
 // the batch's own pipeline: one round trip for both. It then records lsn
 // as the applied watermark (Options.Watermark), even when invs is empty:
 // the watermark must reach every position walbust checkpoints.
-func (iv *Invalidator) ApplyBatch(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (Stats, error) {
+func (iv *Invalidator) ApplyBatch(ctx context.Context, lsn wal.LSN, invs []mapping.Invalidation) (Stats, error) {
 	return iv.applyEvent(ctx, lsn, invs, lsn)
 }
 
@@ -140,15 +140,15 @@ func (iv *Invalidator) ApplyBatch(ctx context.Context, lsn replication.LSN, invs
 // not its last (or that was applied before, as a re-fence is): the
 // watermark is left alone, since the batch is not all in Redis yet, or its
 // position was recorded already and later batches may have moved past it.
-func (iv *Invalidator) ApplyChunk(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (Stats, error) {
+func (iv *Invalidator) ApplyChunk(ctx context.Context, lsn wal.LSN, invs []mapping.Invalidation) (Stats, error) {
 	return iv.applyEvent(ctx, lsn, invs, 0)
 }
 
-func (iv *Invalidator) applyEvent(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation, mark replication.LSN) (Stats, error) {
+func (iv *Invalidator) applyEvent(ctx context.Context, lsn wal.LSN, invs []mapping.Invalidation, mark wal.LSN) (Stats, error) {
 	if iv.opts.EventsChannel == "" || len(invs) == 0 {
 		return iv.apply(ctx, invs, nil, mark)
 	}
-	ev := protocol.Event{LSN: uint64(lsn)}
+	ev := protocol.Event{LSN: lsn}
 	for _, inv := range invs {
 		if inv.Pattern {
 			ev.Patterns = append(ev.Patterns, inv.Key)
@@ -164,7 +164,7 @@ func (iv *Invalidator) applyEvent(ctx context.Context, lsn replication.LSN, invs
 }
 
 // apply runs invs, then event, then records mark (0: not) as the watermark.
-func (iv *Invalidator) apply(ctx context.Context, invs []mapping.Invalidation, event []byte, mark replication.LSN) (Stats, error) {
+func (iv *Invalidator) apply(ctx context.Context, invs []mapping.Invalidation, event []byte, mark wal.LSN) (Stats, error) {
 	if iv.opts.Watermark == "" {
 		mark = 0
 	}
@@ -229,7 +229,7 @@ func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt
 	}
 }
 
-func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidation, event []byte, mark replication.LSN, st *Stats) error {
+func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidation, event []byte, mark wal.LSN, st *Stats) error {
 	iv.token = protocol.NewToken()
 	b := iv.newBatch()
 	var patterns []mapping.Invalidation
@@ -295,7 +295,7 @@ func (b *batch) queue(ctx context.Context, inv mapping.Invalidation, key string)
 		if err != nil {
 			return err
 		}
-		bumpScript.EvalSha(ctx, pipe, []string{vkey}, strconv.FormatUint(inv.Version, 10))
+		bumpScript.EvalSha(ctx, pipe, []string{vkey}, strconv.FormatUint(uint64(inv.Version), 10))
 	case mapping.Stale:
 		skey := inv.Aux.For(key)
 		if b.iv.cluster != nil && keySlot(key) != keySlot(skey) {
@@ -313,7 +313,7 @@ func (b *batch) queue(ctx context.Context, inv mapping.Invalidation, key string)
 		if err != nil {
 			return err
 		}
-		fenceScript.EvalSha(ctx, pipe, []string{key}, strconv.FormatUint(inv.Version, 10), b.iv.token, inv.TTL.Milliseconds())
+		fenceScript.EvalSha(ctx, pipe, []string{key}, strconv.FormatUint(uint64(inv.Version), 10), b.iv.token, inv.TTL.Milliseconds())
 	default:
 		return b.unlink(ctx, key)
 	}

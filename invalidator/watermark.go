@@ -6,9 +6,7 @@ import (
 	"fmt"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/walbust/walbust/protocol"
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // The watermark (Options.Watermark, protocol.AppliedKey) is a plain SET,
@@ -21,14 +19,14 @@ import (
 // SaveWatermark records lsn as the applied watermark, once, without
 // retrying: it is for the idle position, which the caller confirms only
 // when this succeeded.
-func (iv *Invalidator) SaveWatermark(ctx context.Context, lsn replication.LSN) error {
+func (iv *Invalidator) SaveWatermark(ctx context.Context, lsn wal.LSN) error {
 	if iv.opts.Watermark == "" {
 		return nil
 	}
 	return iv.setWatermark(ctx, lsn)
 }
 
-func (iv *Invalidator) setWatermark(ctx context.Context, lsn replication.LSN) error {
+func (iv *Invalidator) setWatermark(ctx context.Context, lsn wal.LSN) error {
 	if err := iv.client.Set(ctx, iv.opts.Watermark, lsn.String(), 0).Err(); err != nil {
 		return fmt.Errorf("redis SET %s (the applied watermark): %w", iv.opts.Watermark, err)
 	}
@@ -40,7 +38,7 @@ var ErrBadWatermark = errors.New("applied watermark is not an LSN")
 
 // Watermark reads the applied watermark; found is false when the key does
 // not exist (no walbust with this version applied a batch yet).
-func (iv *Invalidator) Watermark(ctx context.Context) (lsn replication.LSN, found bool, err error) {
+func (iv *Invalidator) Watermark(ctx context.Context) (lsn wal.LSN, found bool, err error) {
 	if iv.opts.Watermark == "" {
 		return 0, false, nil
 	}
@@ -51,9 +49,9 @@ func (iv *Invalidator) Watermark(ctx context.Context) (lsn replication.LSN, foun
 	if err != nil {
 		return 0, false, fmt.Errorf("redis GET %s (the applied watermark): %w", iv.opts.Watermark, err)
 	}
-	v, err := protocol.ParseLSN(s)
+	v, err := wal.ParseLSN(s)
 	if err != nil {
 		return 0, false, fmt.Errorf("%w: key %s holds %.40q (%v); delete it, walbust writes it again with the next batch", ErrBadWatermark, iv.opts.Watermark, s, err)
 	}
-	return replication.LSN(v), true, nil
+	return wal.LSN(v), true, nil
 }

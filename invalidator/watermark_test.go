@@ -12,7 +12,7 @@ import (
 
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/protocol"
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // pipeRecorder records the commands of every pipeline the client sends.
@@ -75,7 +75,7 @@ func TestWatermarkWrittenWithBatch(t *testing.T) {
 	defer iv.Close()
 	rec := &pipeRecorder{}
 	iv.client.AddHook(rec)
-	want := func(lsn replication.LSN) {
+	want := func(lsn wal.LSN) {
 		t.Helper()
 		got, found, err := iv.Watermark(ctx)
 		if err != nil || !found || got != lsn {

@@ -3,6 +3,8 @@ package mapping
 import (
 	"fmt"
 	"time"
+
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Action is what to do with a key.
@@ -64,7 +66,7 @@ type Invalidation struct {
 	Pattern bool
 	// Version is the commit LSN a Bump raises the version to and a Fence
 	// writes into its tombstone.
-	Version uint64
+	Version wal.LSN
 	// Aux derives the companion key: the version key for Bump, the stale
 	// key for Stale.
 	Aux KeyFormat

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Rules are bound to tables by OID, so a renamed table keeps its rules, and
@@ -30,7 +30,7 @@ const (
 type Notice struct {
 	Kind     NoticeKind
 	Table    *Table // the deps.yaml entry; nil for Unmapped
-	Relation *replication.Relation
+	Relation *wal.Relation
 	Msg      string // what happened and the fix
 }
 
@@ -49,7 +49,7 @@ func (m *Mapper) BindOIDs(oids map[string][]uint32) {
 
 // Relation binds a Relation message (call it for each, in the streaming
 // goroutine) and returns the notices it gave rise to.
-func (m *Mapper) Relation(rel *replication.Relation) []Notice {
+func (m *Mapper) Relation(rel *wal.Relation) []Notice {
 	m.bind(rel)
 	out := m.notices
 	m.notices = nil
@@ -58,7 +58,7 @@ func (m *Mapper) Relation(rel *replication.Relation) []Notice {
 
 // tablesOf is what rel's changes map to; it learns rel's OID when the name
 // matches, so the table stays bound if it is renamed later.
-func (m *Mapper) tablesOf(rel *replication.Relation) []*Table {
+func (m *Mapper) tablesOf(rel *wal.Relation) []*Table {
 	name := rel.QualifiedName()
 	var out []*Table
 	byOID, byName := m.oids[rel.ID], m.reg.Tables[name]

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/walbust/walbust/mapping"
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 const bindingDeps = `version: 1
@@ -24,8 +24,8 @@ func TestBindByOIDAndName(t *testing.T) {
 	cases := []struct {
 		name    string
 		oids    map[string][]uint32 // BindOIDs at start
-		before  []*replication.Relation
-		rel     *replication.Relation
+		before  []*wal.Relation
+		rel     *wal.Relation
 		want    []string // invalidations of an UPDATE of id 1
 		notices []mapping.NoticeKind
 		unmap   []mapping.ChangeCount
@@ -41,14 +41,14 @@ func TestBindByOIDAndName(t *testing.T) {
 		notices: []mapping.NoticeKind{mapping.Renamed},
 	}, {
 		name:    "renamed while streaming: OID learned from the first Relation",
-		before:  []*replication.Relation{relation(10, "public.products", 'd', "id*")},
+		before:  []*wal.Relation{relation(10, "public.products", 'd', "id*")},
 		rel:     relation(10, "public.products2", 'd', "id*"),
 		want:    []string{"delete product:1"},
 		notices: []mapping.NoticeKind{mapping.Renamed},
 	}, {
 		name:    "swapped in under the old name: mapped by name too",
 		oids:    map[string][]uint32{"public.products": {10}},
-		before:  []*replication.Relation{relation(10, "public.products_old", 'd', "id*")},
+		before:  []*wal.Relation{relation(10, "public.products_old", 'd', "id*")},
 		rel:     relation(11, "public.products", 'd', "id*"),
 		want:    []string{"delete product:1"},
 		notices: []mapping.NoticeKind{mapping.Renamed, mapping.Swapped},
@@ -65,16 +65,16 @@ func TestBindByOIDAndName(t *testing.T) {
 		rel:     relation(30, "public.audit_log", 'd', "id*"),
 		want:    []string{},
 		notices: []mapping.NoticeKind{mapping.Unmapped},
-		unmap:   []mapping.ChangeCount{{Table: "public.audit_log", Op: replication.Update, N: 1}},
+		unmap:   []mapping.ChangeCount{{Table: "public.audit_log", Op: wal.Update, N: 1}},
 	}, {
 		name: "OIDs of names deps.yaml does not have are ignored",
 		oids: map[string][]uint32{"public.nope": {30}},
 		rel:  relation(30, "public.audit_log", 'd', "id*"),
 		want: []string{}, notices: []mapping.NoticeKind{mapping.Unmapped},
-		unmap: []mapping.ChangeCount{{Table: "public.audit_log", Op: replication.Update, N: 1}},
+		unmap: []mapping.ChangeCount{{Table: "public.audit_log", Op: wal.Update, N: 1}},
 	}, {
 		name: "dotted name",
-		rel:  &replication.Relation{ID: 40, Namespace: "public", Name: "a.b", Columns: []replication.Column{{Name: "id", Key: true}}},
+		rel:  &wal.Relation{ID: 40, Namespace: "public", Name: "a.b", Columns: []wal.Column{{Name: "id", Key: true}}},
 		want: []string{"delete ab:1"},
 	}}
 	deps := bindingDeps + `  public."a.b":
@@ -94,7 +94,7 @@ func TestBindByOIDAndName(t *testing.T) {
 				}
 			}
 			var plan mapping.Plan
-			m.MapChange(&replication.Change{Op: replication.Update, Relation: c.rel, New: row(txt("1"))}, &plan)
+			m.MapChange(&wal.Change{Op: wal.Update, Relation: c.rel, New: row(txt("1"))}, &plan)
 			if got := describeAll(&plan); !slices.Equal(got, c.want) {
 				t.Errorf("invalidations %q, want %q", got, c.want)
 			}
@@ -113,7 +113,7 @@ func TestBindByOIDAndName(t *testing.T) {
 	}
 }
 
-func relationCopy(r *replication.Relation) *replication.Relation {
+func relationCopy(r *wal.Relation) *wal.Relation {
 	cp := *r
 	return &cp
 }
@@ -140,11 +140,11 @@ func TestPlanUnmappedMergeAndReset(t *testing.T) {
 	rel := relation(30, "public.audit_log", 'd', "id*")
 	var tx, batch mapping.Plan
 	for range 3 {
-		m.MapChange(&replication.Change{Op: replication.Insert, Relation: rel, New: row(txt("1"))}, &tx)
+		m.MapChange(&wal.Change{Op: wal.Insert, Relation: rel, New: row(txt("1"))}, &tx)
 	}
 	batch.Merge(&tx, 1)
 	batch.Merge(&tx, 2)
-	if want := []mapping.ChangeCount{{Table: "public.audit_log", Op: replication.Insert, N: 6}}; !slices.Equal(batch.Unmapped, want) {
+	if want := []mapping.ChangeCount{{Table: "public.audit_log", Op: wal.Insert, N: 6}}; !slices.Equal(batch.Unmapped, want) {
 		t.Errorf("merged unmapped %v, want %v", batch.Unmapped, want)
 	}
 	if batch.Changes != 0 {

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Querier runs the lookup queries of derived rules.
@@ -46,7 +47,7 @@ func NewMapper(reg *Registry, querier Querier) *Mapper {
 // bound by OID and another registered under the relation's name differ.
 type binding struct {
 	tables []tableBinding
-	rel    *replication.Relation
+	rel    *wal.Relation
 	index  map[string]int
 }
 
@@ -55,7 +56,7 @@ type tableBinding struct {
 	missing []string // columns the rules read that the relation does not have
 }
 
-func (m *Mapper) bind(rel *replication.Relation) *binding {
+func (m *Mapper) bind(rel *wal.Relation) *binding {
 	if b, ok := m.bindings[rel.ID]; ok && b.rel == rel {
 		return b
 	}
@@ -87,14 +88,14 @@ func (m *Mapper) Map(ctx context.Context, tx *replication.Transaction, plan *Pla
 	for i := range tx.Changes {
 		m.MapChange(&tx.Changes[i], &txPlan)
 	}
-	plan.Merge(&txPlan, uint64(tx.CommitLSN))
+	plan.Merge(&txPlan, tx.CommitLSN)
 	return m.Resolve(ctx, plan)
 }
 
 // MapChange adds one change's invalidations to plan. Lookup queries are
 // only recorded: Resolve runs them once the transaction has committed.
 // Nothing of c is kept, so its values may alias a buffer.
-func (m *Mapper) MapChange(c *replication.Change, plan *Plan) {
+func (m *Mapper) MapChange(c *wal.Change, plan *Plan) {
 	b := m.bind(c.Relation)
 	if len(b.tables) == 0 {
 		// Published, but no rule maps it: counted, never silently dropped.
@@ -107,14 +108,14 @@ func (m *Mapper) MapChange(c *replication.Change, plan *Plan) {
 	}
 }
 
-func (m *Mapper) mapTable(c *replication.Change, b *binding, tb *tableBinding, plan *Plan) {
+func (m *Mapper) mapTable(c *wal.Change, b *binding, tb *tableBinding, plan *Plan) {
 	t := tb.table
 	plan.countN(t.Name, c.Op, 1)
 	if len(tb.missing) > 0 {
 		plan.problem(t.Name, c.Op, fmt.Sprintf("table has no column(s) %s named in %s; rules using them were not applied",
 			strings.Join(tb.missing, ", "), m.reg.File), 1)
 	}
-	if c.Op == replication.Truncate {
+	if c.Op == wal.Truncate {
 		m.truncate(plan, t, c.Op)
 		return
 	}
@@ -128,7 +129,7 @@ func (m *Mapper) mapTable(c *replication.Change, b *binding, tb *tableBinding, p
 	}
 	images := m.images(b, c)
 	for _, r := range t.Rules {
-		if !r.On.Has(c.Op) || (c.Op == replication.Update && !changed(b, c, r.WhenChanged)) {
+		if !r.On.Has(c.Op) || (c.Op == wal.Update && !changed(b, c, r.WhenChanged)) {
 			plan.Skipped++
 			continue
 		}
@@ -144,15 +145,15 @@ func (m *Mapper) mapTable(c *replication.Change, b *binding, tb *tableBinding, p
 
 // MapEverything adds the on_truncate rules of every table: used when the
 // changes since some point are unknowable (a lost replication slot).
-func (m *Mapper) MapEverything(version uint64, plan *Plan) {
+func (m *Mapper) MapEverything(version wal.LSN, plan *Plan) {
 	var all Plan
 	for _, name := range m.reg.Names() {
-		m.truncate(&all, m.reg.Tables[name], replication.Truncate)
+		m.truncate(&all, m.reg.Tables[name], wal.Truncate)
 	}
 	plan.Merge(&all, version)
 }
 
-func (m *Mapper) truncate(plan *Plan, t *Table, op replication.Op) {
+func (m *Mapper) truncate(plan *Plan, t *Table, op wal.Op) {
 	if t.OnTruncate == nil {
 		plan.problem(t.Name, op, fmt.Sprintf("no on_truncate rules in %s, so these keys were not invalidated: %s",
 			m.reg.File, strings.Join(t.templateSources(), ", ")), 1)
@@ -166,21 +167,21 @@ func (m *Mapper) truncate(plan *Plan, t *Table, op replication.Op) {
 // for UPDATE, so a row moving between groups invalidates both groups.
 // The images live in the Mapper's scratch space: a change is mapped
 // completely before the next one starts, and rows cost no allocation.
-func (m *Mapper) images(b *binding, c *replication.Change) []*image {
+func (m *Mapper) images(b *binding, c *wal.Change) []*image {
 	m.scratch[0], m.scratch[1] = oldImage(b, c), image{b: b, vals: c.New}
 	m.imgs[0], m.imgs[1] = &m.scratch[0], &m.scratch[1]
 	switch c.Op {
-	case replication.Insert:
+	case wal.Insert:
 		return m.imgs[1:2]
-	case replication.Delete:
+	case wal.Delete:
 		return m.imgs[0:1]
-	case replication.Update:
+	case wal.Update:
 		return m.imgs[0:2]
 	}
 	return nil
 }
 
-func renderRule(plan *Plan, r *Rule, row Row, version uint64) {
+func renderRule(plan *Plan, r *Rule, row Row, version wal.LSN) {
 	for _, t := range r.Keys {
 		var ok bool
 		if plan.buf, ok = t.AppendRender(plan.buf[:0], row); ok {
@@ -208,9 +209,9 @@ func (m *Mapper) recordLookups(plan *Plan, b *binding, r *Rule, images []*image)
 		for i, a := range r.Query.Args {
 			v, ok := img.value(a.Name)
 			switch {
-			case ok && v.Kind == replication.Text:
+			case ok && v.Kind == wal.Text:
 				args[i] = string(v.Data)
-			case ok && v.Kind == replication.Null:
+			case ok && v.Kind == wal.Null:
 				args[i] = nil
 			default:
 				complete = false
@@ -257,7 +258,7 @@ func (m *Mapper) lookup(ctx context.Context, plan *Plan, l pendingLookup) error 
 
 // changed reports whether an UPDATE changed any of cols. An unknown old
 // value counts as changed: over-invalidate, never under-invalidate.
-func changed(b *binding, c *replication.Change, cols []Ref) bool {
+func changed(b *binding, c *wal.Change, cols []Ref) bool {
 	if len(cols) == 0 {
 		return true
 	}
@@ -268,7 +269,7 @@ func changed(b *binding, c *replication.Change, cols []Ref) bool {
 			return true
 		}
 		n := c.New[i]
-		if n.Kind == replication.Unchanged {
+		if n.Kind == wal.Unchanged {
 			continue // an unchanged TOASTed value did not change
 		}
 		o, known := old.value(col.Name)
@@ -292,37 +293,37 @@ func (t *Table) templateSources() []string {
 // image is a row image as templates read it.
 type image struct {
 	b    *binding
-	vals []replication.Value
+	vals []wal.Value
 	// keyFrom: an UPDATE without old image did not change its replica
 	// identity, so key columns of the old row equal those of the new row.
-	keyFrom   []replication.Value
+	keyFrom   []wal.Value
 	isUnknown bool // a referenced column's value was not sent
 }
 
-func oldImage(b *binding, c *replication.Change) image {
+func oldImage(b *binding, c *wal.Change) image {
 	img := image{b: b, vals: c.Old}
-	if c.Old == nil && c.Op == replication.Update {
+	if c.Old == nil && c.Op == wal.Update {
 		img.keyFrom = c.New
 	}
 	return img
 }
 
 // value returns the column's value; ok is false when it was not sent.
-func (img *image) value(column string) (replication.Value, bool) {
+func (img *image) value(column string) (wal.Value, bool) {
 	i, ok := img.b.index[column]
 	if !ok {
-		return replication.Value{}, false
+		return wal.Value{}, false
 	}
-	var v replication.Value
+	var v wal.Value
 	switch {
 	case img.vals != nil:
 		v = img.vals[i]
 	case img.keyFrom != nil && img.b.rel.Columns[i].Key:
 		v = img.keyFrom[i]
 	default:
-		return replication.Value{}, false
+		return wal.Value{}, false
 	}
-	if v.Kind == replication.Missing || v.Kind == replication.Unchanged {
+	if v.Kind == wal.Missing || v.Kind == wal.Unchanged {
 		return v, false
 	}
 	return v, true
@@ -335,7 +336,7 @@ func (img *image) Text(column string) ([]byte, bool) {
 		img.isUnknown = true
 		return nil, false
 	}
-	return v.Data, v.Kind == replication.Text
+	return v.Data, v.Kind == wal.Text
 }
 
 func unknown(r Row) bool {
@@ -370,7 +371,7 @@ func (emptyRow) Text(string) ([]byte, bool) { return nil, false }
 // IdentityGaps names, for each rule column whose old value the relation's
 // replica identity does not send, the places in deps.yaml that need it:
 // UPDATE and DELETE rules rendering old keys, when_changed and query args.
-func (r *Registry) IdentityGaps(rel *replication.Relation) []Ref {
+func (r *Registry) IdentityGaps(rel *wal.Relation) []Ref {
 	t := r.Tables[rel.QualifiedName()]
 	if t == nil || rel.ReplicaIdentity == 'f' {
 		return nil
@@ -381,7 +382,7 @@ func (r *Registry) IdentityGaps(rel *replication.Relation) []Ref {
 	}
 	var gaps []Ref
 	for _, rule := range t.Rules {
-		if !rule.On.Has(replication.Update) && !rule.On.Has(replication.Delete) {
+		if !rule.On.Has(wal.Update) && !rule.On.Has(wal.Delete) {
 			continue
 		}
 		for _, ref := range rule.RowColumns() {

@@ -10,27 +10,28 @@ import (
 
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
-func txt(s string) replication.Value {
-	return replication.Value{Kind: replication.Text, Data: []byte(s)}
+func txt(s string) wal.Value {
+	return wal.Value{Kind: wal.Text, Data: []byte(s)}
 }
 
 var (
-	null      = replication.Value{Kind: replication.Null}
-	missing   = replication.Value{Kind: replication.Missing}
-	unchanged = replication.Value{Kind: replication.Unchanged}
+	null      = wal.Value{Kind: wal.Null}
+	missing   = wal.Value{Kind: wal.Missing}
+	unchanged = wal.Value{Kind: wal.Unchanged}
 )
 
-func row(vs ...replication.Value) []replication.Value { return vs }
+func row(vs ...wal.Value) []wal.Value { return vs }
 
 // relation builds a Relation; a column name ending in "*" is a key column.
-func relation(id uint32, qualified string, identity byte, cols ...string) *replication.Relation {
+func relation(id uint32, qualified string, identity byte, cols ...string) *wal.Relation {
 	ns, name, _ := strings.Cut(qualified, ".")
-	rel := &replication.Relation{ID: id, Namespace: ns, Name: name, ReplicaIdentity: identity}
+	rel := &wal.Relation{ID: id, Namespace: ns, Name: name, ReplicaIdentity: identity}
 	for _, c := range cols {
 		key := strings.HasSuffix(c, "*")
-		rel.Columns = append(rel.Columns, replication.Column{Name: strings.TrimSuffix(c, "*"), TypeOID: 25, Key: key})
+		rel.Columns = append(rel.Columns, wal.Column{Name: strings.TrimSuffix(c, "*"), TypeOID: 25, Key: key})
 	}
 	return rel
 }
@@ -88,8 +89,8 @@ func (q *fakeQuerier) Lookup(_ context.Context, sql string, args []any) ([]strin
 }
 
 // oneChange is a transaction of c committed at commitLSN.
-func oneChange(c replication.Change, commitLSN replication.LSN) *replication.Transaction {
-	return &replication.Transaction{CommitLSN: commitLSN, EndLSN: commitLSN + 1, Changes: []replication.Change{c}}
+func oneChange(c wal.Change, commitLSN wal.LSN) *replication.Transaction {
+	return &replication.Transaction{CommitLSN: commitLSN, EndLSN: commitLSN + 1, Changes: []wal.Change{c}}
 }
 
 func vals(vs ...string) [][]byte {
@@ -125,7 +126,7 @@ var (
 
 type mapCase struct {
 	name       string
-	changes    []replication.Change
+	changes    []wal.Change
 	want       []string
 	unrendered int
 	skipped    int
@@ -160,78 +161,78 @@ func runMapCases(t *testing.T, deps string, cases []mapCase) {
 
 func TestMapImages(t *testing.T) {
 	p := productsRel
-	ins := func(n []replication.Value) replication.Change {
-		return replication.Change{Op: replication.Insert, Relation: p, New: n}
+	ins := func(n []wal.Value) wal.Change {
+		return wal.Change{Op: wal.Insert, Relation: p, New: n}
 	}
-	del := func(o []replication.Value) replication.Change {
-		return replication.Change{Op: replication.Delete, Relation: p, Old: o}
+	del := func(o []wal.Value) wal.Change {
+		return wal.Change{Op: wal.Delete, Relation: p, Old: o}
 	}
-	upd := func(o, n []replication.Value) replication.Change {
-		return replication.Change{Op: replication.Update, Relation: p, Old: o, New: n}
+	upd := func(o, n []wal.Value) wal.Change {
+		return wal.Change{Op: wal.Update, Relation: p, Old: o, New: n}
 	}
 	runMapCases(t, productsDeps, []mapCase{
 		{name: "insert renders the new image",
-			changes: []replication.Change{ins(row(txt("1"), txt("3"), txt("w")))},
+			changes: []wal.Change{ins(row(txt("1"), txt("3"), txt("w")))},
 			want:    []string{"delete product:1", "delete category:3:products"}},
 		{name: "insert with a NULL column renders no key from it",
-			changes: []replication.Change{ins(row(txt("1"), null, txt("w")))},
+			changes: []wal.Change{ins(row(txt("1"), null, txt("w")))},
 			want:    []string{"delete product:1"}},
 		{name: "delete renders the old image",
-			changes: []replication.Change{del(row(txt("1"), txt("3"), txt("w")))},
+			changes: []wal.Change{del(row(txt("1"), txt("3"), txt("w")))},
 			want:    []string{"delete product:1", "delete category:3:products"}},
 		{name: "delete with a key-only old image counts the unrendered key",
-			changes:    []replication.Change{del(row(txt("1"), missing, missing))},
+			changes:    []wal.Change{del(row(txt("1"), missing, missing))},
 			want:       []string{"delete product:1"},
 			unrendered: 1},
 		{name: "delete without old image renders nothing",
-			changes:    []replication.Change{del(nil)},
+			changes:    []wal.Change{del(nil)},
 			want:       []string{},
 			unrendered: 2},
 		{name: "update renders old and new, deduplicated",
-			changes: []replication.Change{upd(row(txt("1"), txt("1"), txt("w")), row(txt("1"), txt("7"), txt("w")))},
+			changes: []wal.Change{upd(row(txt("1"), txt("1"), txt("w")), row(txt("1"), txt("7"), txt("w")))},
 			want:    []string{"delete product:1", "delete category:1:products", "delete category:7:products"}},
 		{name: "update within a category renders each key once",
-			changes: []replication.Change{upd(row(txt("1"), txt("3"), txt("a")), row(txt("1"), txt("3"), txt("b")))},
+			changes: []wal.Change{upd(row(txt("1"), txt("3"), txt("a")), row(txt("1"), txt("3"), txt("b")))},
 			want:    []string{"delete product:1", "delete category:3:products"}},
 		{name: "update with key-only old image",
-			changes:    []replication.Change{upd(row(txt("1"), missing, missing), row(txt("1"), txt("7"), txt("w")))},
+			changes:    []wal.Change{upd(row(txt("1"), missing, missing), row(txt("1"), txt("7"), txt("w")))},
 			want:       []string{"delete product:1", "delete category:7:products"},
 			unrendered: 1},
 		{name: "update without old image takes the old key columns from the new row",
-			changes:    []replication.Change{upd(nil, row(txt("1"), txt("7"), txt("w")))},
+			changes:    []wal.Change{upd(nil, row(txt("1"), txt("7"), txt("w")))},
 			want:       []string{"delete product:1", "delete category:7:products"},
 			unrendered: 1},
 		{name: "update changing the key",
-			changes:    []replication.Change{upd(row(txt("1"), missing, missing), row(txt("2"), txt("7"), txt("w")))},
+			changes:    []wal.Change{upd(row(txt("1"), missing, missing), row(txt("2"), txt("7"), txt("w")))},
 			want:       []string{"delete product:1", "delete product:2", "delete category:7:products"},
 			unrendered: 1},
 		{name: "update from NULL renders only the new group",
-			changes: []replication.Change{upd(row(txt("1"), null, txt("w")), row(txt("1"), txt("7"), txt("w")))},
+			changes: []wal.Change{upd(row(txt("1"), null, txt("w")), row(txt("1"), txt("7"), txt("w")))},
 			want:    []string{"delete product:1", "delete category:7:products"}},
 		{name: "update with an unchanged TOAST value and no old value",
-			changes:    []replication.Change{upd(row(txt("1"), missing, missing), row(txt("1"), unchanged, txt("w")))},
+			changes:    []wal.Change{upd(row(txt("1"), missing, missing), row(txt("1"), unchanged, txt("w")))},
 			want:       []string{"delete product:1"},
 			unrendered: 2},
 		{name: "changes of one transaction are deduplicated",
-			changes: []replication.Change{
+			changes: []wal.Change{
 				ins(row(txt("1"), txt("3"), txt("w"))),
 				ins(row(txt("2"), txt("3"), txt("w"))),
 				del(row(txt("1"), txt("3"), txt("w"))),
 			},
 			want: []string{"delete product:1", "delete category:3:products", "delete product:2"}},
 		{name: "values are copied exactly",
-			changes: []replication.Change{ins(row(txt("a b:ü*?"), txt("[x]\\"), txt("w")))},
+			changes: []wal.Change{ins(row(txt("a b:ü*?"), txt("[x]\\"), txt("w")))},
 			want:    []string{"delete product:a b:ü*?", `delete category:[x]\:products`}},
 	})
 }
 
 func TestMapWhenChangedAndOn(t *testing.T) {
 	u := usersRel
-	upd := func(o, n []replication.Value) replication.Change {
-		return replication.Change{Op: replication.Update, Relation: u, Old: o, New: n}
+	upd := func(o, n []wal.Value) wal.Change {
+		return wal.Change{Op: wal.Update, Relation: u, Old: o, New: n}
 	}
-	full := func(id, email, name, team string) []replication.Value {
-		v := func(s string) replication.Value {
+	full := func(id, email, name, team string) []wal.Value {
+		v := func(s string) wal.Value {
 			if s == "NULL" {
 				return null
 			}
@@ -243,48 +244,48 @@ func TestMapWhenChangedAndOn(t *testing.T) {
 		// when_changed: [name, team_id]; the pattern rule serves inserts only,
 		// so every update and delete skips it.
 		{name: "unchanged columns skip the rule",
-			changes: []replication.Change{upd(full("1", "a@x", "ann", "3"), full("1", "b@x", "ann", "3"))},
+			changes: []wal.Change{upd(full("1", "a@x", "ann", "3"), full("1", "b@x", "ann", "3"))},
 			want:    []string{},
 			skipped: 2},
 		{name: "a changed name fires the rule",
-			changes: []replication.Change{upd(full("1", "a@x", "ann", "3"), full("1", "a@x", "anne", "3"))},
+			changes: []wal.Change{upd(full("1", "a@x", "ann", "3"), full("1", "a@x", "anne", "3"))},
 			want:    []string{"delete team:3:members"},
 			skipped: 1},
 		{name: "a changed team fires the rule for both teams",
-			changes: []replication.Change{upd(full("1", "a@x", "ann", "3"), full("1", "a@x", "ann", "4"))},
+			changes: []wal.Change{upd(full("1", "a@x", "ann", "3"), full("1", "a@x", "ann", "4"))},
 			want:    []string{"delete team:3:members", "delete team:4:members"},
 			skipped: 1},
 		{name: "an unknown old value (key-only old image) fires the rule",
-			changes:    []replication.Change{upd(row(txt("1"), missing, missing, missing), full("1", "a@x", "ann", "4"))},
+			changes:    []wal.Change{upd(row(txt("1"), missing, missing, missing), full("1", "a@x", "ann", "4"))},
 			want:       []string{"delete team:4:members"},
 			unrendered: 1,
 			skipped:    1},
 		{name: "an unknown old value (no old image) fires the rule",
-			changes:    []replication.Change{upd(nil, full("1", "a@x", "ann", "4"))},
+			changes:    []wal.Change{upd(nil, full("1", "a@x", "ann", "4"))},
 			want:       []string{"delete team:4:members"},
 			unrendered: 1,
 			skipped:    1},
 		{name: "an unchanged TOAST value did not change",
-			changes: []replication.Change{upd(full("1", "a@x", "ann", "3"), row(txt("1"), txt("b@x"), unchanged, txt("3")))},
+			changes: []wal.Change{upd(full("1", "a@x", "ann", "3"), row(txt("1"), txt("b@x"), unchanged, txt("3")))},
 			want:    []string{},
 			skipped: 2},
 		{name: "NULL to NULL is no change",
-			changes: []replication.Change{upd(full("1", "a@x", "ann", "NULL"), full("1", "b@x", "ann", "NULL"))},
+			changes: []wal.Change{upd(full("1", "a@x", "ann", "NULL"), full("1", "b@x", "ann", "NULL"))},
 			want:    []string{},
 			skipped: 2},
 		{name: "NULL to a value is a change",
-			changes: []replication.Change{upd(full("1", "a@x", "ann", "NULL"), full("1", "a@x", "ann", "3"))},
+			changes: []wal.Change{upd(full("1", "a@x", "ann", "NULL"), full("1", "a@x", "ann", "3"))},
 			want:    []string{"delete team:3:members"},
 			skipped: 1},
 		{name: "empty string to NULL is a change",
-			changes: []replication.Change{upd(full("1", "a@x", "", "3"), full("1", "a@x", "NULL", "3"))},
+			changes: []wal.Change{upd(full("1", "a@x", "", "3"), full("1", "a@x", "NULL", "3"))},
 			want:    []string{"delete team:3:members"},
 			skipped: 1},
 		{name: "insert ignores when_changed and serves on: [insert]",
-			changes: []replication.Change{{Op: replication.Insert, Relation: u, New: full("1", "a@x", "*", "3")}},
+			changes: []wal.Change{{Op: wal.Insert, Relation: u, New: full("1", "a@x", "*", "3")}},
 			want:    []string{"delete team:3:members", `delete pattern search:users:\*:*`}},
 		{name: "delete ignores when_changed and skips on: [insert]",
-			changes: []replication.Change{{Op: replication.Delete, Relation: u, Old: full("1", "a@x", "ann", "3")}},
+			changes: []wal.Change{{Op: wal.Delete, Relation: u, Old: full("1", "a@x", "ann", "3")}},
 			want:    []string{"delete team:3:members"},
 			skipped: 1},
 	})
@@ -309,7 +310,7 @@ tables:
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var plan mapping.Plan
-			c := replication.Change{Op: replication.Insert, Relation: usersRel, New: row(txt("1"), txt("e"), txt(tt.name), txt(tt.team))}
+			c := wal.Change{Op: wal.Insert, Relation: usersRel, New: row(txt("1"), txt("e"), txt(tt.name), txt(tt.team))}
 			if err := mapping.NewMapper(reg, nil).Map(context.Background(), oneChange(c, 1), &plan); err != nil {
 				t.Fatal(err)
 			}
@@ -358,13 +359,13 @@ tables:
 
 func TestMapActions(t *testing.T) {
 	reg := mustParse(t, actionsDeps)
-	ins := func(rel *replication.Relation, id string) replication.Change {
-		return replication.Change{Op: replication.Insert, Relation: rel, New: row(txt(id))}
+	ins := func(rel *wal.Relation, id string) wal.Change {
+		return wal.Change{Op: wal.Insert, Relation: rel, New: row(txt(id))}
 	}
-	rel := func(id uint32, name string) *replication.Relation { return relation(id, name, 'd', "id*") }
+	rel := func(id uint32, name string) *wal.Relation { return relation(id, name, 'd', "id*") }
 	products, prices, settings, flags := rel(1, "public.products"), rel(2, "public.prices"), rel(3, "public.settings"), rel(4, "public.flags")
 	orders, lines := rel(5, "public.orders"), rel(6, "public.lines")
-	tx := func(commit replication.LSN, cs ...replication.Change) *replication.Transaction {
+	tx := func(commit wal.LSN, cs ...wal.Change) *replication.Transaction {
 		return &replication.Transaction{CommitLSN: commit, EndLSN: commit + 0x28, Changes: cs}
 	}
 	tests := []struct {
@@ -420,9 +421,9 @@ func TestMapTruncate(t *testing.T) {
 
 	m := mapping.NewMapper(reg, nil)
 	var plan mapping.Plan
-	tx := &replication.Transaction{CommitLSN: 7, Changes: []replication.Change{
-		{Op: replication.Truncate, Relation: users},
-		{Op: replication.Truncate, Relation: products},
+	tx := &replication.Transaction{CommitLSN: 7, Changes: []wal.Change{
+		{Op: wal.Truncate, Relation: users},
+		{Op: wal.Truncate, Relation: products},
 	}}
 	if err := m.Map(context.Background(), tx, &plan); err != nil {
 		t.Fatal(err)
@@ -435,13 +436,13 @@ func TestMapTruncate(t *testing.T) {
 		t.Fatalf("problems %v, want one for public.products", plan.Problems)
 	}
 	p := plan.Problems[0]
-	if p.Table != "public.products" || p.Op != replication.Truncate || !strings.Contains(p.Msg, `"product:{id}"`) || !strings.Contains(p.Msg, "deps.yaml") {
+	if p.Table != "public.products" || p.Op != wal.Truncate || !strings.Contains(p.Msg, `"product:{id}"`) || !strings.Contains(p.Msg, "deps.yaml") {
 		t.Errorf("problem %+v", p)
 	}
 	if s := p.String(); !strings.HasPrefix(s, "truncate on public.products: ") {
 		t.Errorf("Problem.String() = %q", s)
 	}
-	wantCounts := []mapping.ChangeCount{{Table: "public.users", Op: replication.Truncate, N: 1}, {Table: "public.products", Op: replication.Truncate, N: 1}}
+	wantCounts := []mapping.ChangeCount{{Table: "public.users", Op: wal.Truncate, N: 1}, {Table: "public.products", Op: wal.Truncate, N: 1}}
 	if !reflect.DeepEqual(plan.ChangeCounts, wantCounts) {
 		t.Errorf("ChangeCounts %+v, want %+v", plan.ChangeCounts, wantCounts)
 	}
@@ -458,7 +459,7 @@ tables:
       patterns: ["t:[0-9]*", "t:?"]
 `)
 	var plan mapping.Plan
-	c := replication.Change{Op: replication.Truncate, Relation: relation(1, "public.t", 'd', "id*")}
+	c := wal.Change{Op: wal.Truncate, Relation: relation(1, "public.t", 'd', "id*")}
 	if err := mapping.NewMapper(reg, nil).Map(context.Background(), oneChange(c, 42), &plan); err != nil {
 		t.Fatal(err)
 	}
@@ -521,48 +522,48 @@ func TestMapQuery(t *testing.T) {
 	tests := []struct {
 		name       string
 		q          *fakeQuerier
-		change     replication.Change
+		change     wal.Change
 		calls      []string
 		want       []string
 		unrendered int
 	}{
 		{name: "insert binds args from the new row and renders each result row",
 			q:      usersQ(),
-			change: replication.Change{Op: replication.Insert, Relation: users, New: row(txt("1"), txt("ann"))},
+			change: wal.Change{Op: wal.Insert, Relation: users, New: row(txt("1"), txt("ann"))},
 			calls:  []string{usersSQL + " [1]"},
 			want:   []string{"delete team:3:members", "delete team:4:members"}},
 		{name: "a NULL result value renders no key",
 			q:      usersQ(),
-			change: replication.Change{Op: replication.Delete, Relation: users, Old: row(txt("2"), missing)},
+			change: wal.Change{Op: wal.Delete, Relation: users, Old: row(txt("2"), missing)},
 			calls:  []string{usersSQL + " [2]"},
 			want:   []string{"delete team:5:members"}},
 		{name: "equal old and new args: one lookup",
 			q:      usersQ(),
-			change: replication.Change{Op: replication.Update, Relation: users, Old: row(txt("1"), txt("ann")), New: row(txt("1"), txt("bob"))},
+			change: wal.Change{Op: wal.Update, Relation: users, Old: row(txt("1"), txt("ann")), New: row(txt("1"), txt("bob"))},
 			calls:  []string{usersSQL + " [1]"},
 			want:   []string{"delete team:3:members", "delete team:4:members"}},
 		{name: "no old image: key args come from the new row, one lookup",
 			q:      usersQ(),
-			change: replication.Change{Op: replication.Update, Relation: users, New: row(txt("1"), txt("bob"))},
+			change: wal.Change{Op: wal.Update, Relation: users, New: row(txt("1"), txt("bob"))},
 			calls:  []string{usersSQL + " [1]"},
 			want:   []string{"delete team:3:members", "delete team:4:members"}},
 		{name: "different old and new args: two lookups",
 			q: memQ(),
-			change: replication.Change{Op: replication.Update, Relation: mem,
+			change: wal.Change{Op: wal.Update, Relation: mem,
 				Old: row(txt("1"), txt("3"), txt("admin")), New: row(txt("1"), txt("4"), txt("admin"))},
 			calls: []string{memSQL + " [3 admin]", memSQL + " [4 admin]"},
 			want: []string{"delete user:10:teams", "delete pattern perm:admin:10:*", "delete user:11:teams",
 				"delete pattern perm:admin:11:*", "delete user:12:teams", `delete pattern perm:\*:12:*`}},
 		{name: "an arg missing from the old image is counted, the new one looked up",
 			q: memQ(),
-			change: replication.Change{Op: replication.Update, Relation: mem,
+			change: wal.Change{Op: wal.Update, Relation: mem,
 				Old: row(txt("1"), missing, missing), New: row(txt("1"), txt("4"), txt("admin"))},
 			calls:      []string{memSQL + " [4 admin]"},
 			want:       []string{"delete user:12:teams", `delete pattern perm:\*:12:*`},
 			unrendered: 1},
 		{name: "a NULL arg is bound as nil",
 			q:      memQ(),
-			change: replication.Change{Op: replication.Insert, Relation: mem, New: row(txt("1"), txt("3"), null)},
+			change: wal.Change{Op: wal.Insert, Relation: mem, New: row(txt("1"), txt("3"), null)},
 			calls:  []string{memSQL + " [3 <nil>]"},
 			want:   []string{}},
 	}
@@ -570,7 +571,7 @@ func TestMapQuery(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var plan mapping.Plan
-			tx := &replication.Transaction{CommitLSN: 1, Changes: []replication.Change{tt.change}}
+			tx := &replication.Transaction{CommitLSN: 1, Changes: []wal.Change{tt.change}}
 			if err := mapping.NewMapper(reg, tt.q).Map(context.Background(), tx, &plan); err != nil {
 				t.Fatal(err)
 			}
@@ -593,8 +594,8 @@ func TestMapQuery(t *testing.T) {
 func TestMapQueryError(t *testing.T) {
 	reg := mustParse(t, queryDeps)
 	users := relation(1, "public.users", 'd', "id*", "name")
-	tx := &replication.Transaction{CommitLSN: 1, Changes: []replication.Change{
-		{Op: replication.Insert, Relation: users, New: row(txt("1"), txt("ann"))},
+	tx := &replication.Transaction{CommitLSN: 1, Changes: []wal.Change{
+		{Op: wal.Insert, Relation: users, New: row(txt("1"), txt("ann"))},
 	}}
 	errDown := errors.New("connection refused")
 	q := &fakeQuerier{err: errDown}
@@ -630,7 +631,7 @@ tables:
 	users := relation(1, "public.users", 'f', "id*", "name", "email")
 	q := &fakeQuerier{cols: []string{"team_id"}}
 	var plan mapping.Plan
-	c := replication.Change{Op: replication.Update, Relation: users,
+	c := wal.Change{Op: wal.Update, Relation: users,
 		Old: row(txt("1"), txt("ann"), txt("a@x")), New: row(txt("1"), txt("ann"), txt("b@x"))}
 	if err := mapping.NewMapper(reg, q).Map(context.Background(), oneChange(c, 1), &plan); err != nil {
 		t.Fatal(err)
@@ -646,9 +647,9 @@ func TestMapUnregisteredAndMissingColumns(t *testing.T) {
 	var plan mapping.Plan
 	other := relation(5, "public.orders", 'd', "id*")
 	noCategory := relation(6, "public.products", 'd', "id*", "name")
-	tx := &replication.Transaction{CommitLSN: 1, Changes: []replication.Change{
-		{Op: replication.Insert, Relation: other, New: row(txt("1"))},
-		{Op: replication.Insert, Relation: noCategory, New: row(txt("1"), txt("w"))},
+	tx := &replication.Transaction{CommitLSN: 1, Changes: []wal.Change{
+		{Op: wal.Insert, Relation: other, New: row(txt("1"))},
+		{Op: wal.Insert, Relation: noCategory, New: row(txt("1"), txt("w"))},
 	}}
 	if err := m.Map(context.Background(), tx, &plan); err != nil {
 		t.Fatal(err)
@@ -668,7 +669,7 @@ func TestPlanReset(t *testing.T) {
 	reg := mustParse(t, productsDeps)
 	m := mapping.NewMapper(reg, nil)
 	var plan mapping.Plan
-	c := replication.Change{Op: replication.Insert, Relation: productsRel, New: row(txt("1"), txt("3"), txt("w"))}
+	c := wal.Change{Op: wal.Insert, Relation: productsRel, New: row(txt("1"), txt("3"), txt("w"))}
 	for i := 0; i < 2; i++ {
 		if err := m.Map(context.Background(), oneChange(c, 1), &plan); err != nil {
 			t.Fatal(err)
@@ -737,9 +738,9 @@ tables:
     keys: ["shared"]
 `)
 	a, b := relation(1, "public.a", 'd', "id*"), relation(2, "public.b", 'd', "id*")
-	tx := &replication.Transaction{CommitLSN: 5, Changes: []replication.Change{
-		{Op: replication.Insert, Relation: a, New: row(txt("1"))},
-		{Op: replication.Insert, Relation: b, New: row(txt("1"))},
+	tx := &replication.Transaction{CommitLSN: 5, Changes: []wal.Change{
+		{Op: wal.Insert, Relation: a, New: row(txt("1"))},
+		{Op: wal.Insert, Relation: b, New: row(txt("1"))},
 	}}
 	var plan mapping.Plan
 	if err := mapping.NewMapper(reg, nil).Map(context.Background(), tx, &plan); err != nil {

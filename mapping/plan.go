@@ -6,7 +6,7 @@ import (
 	"hash/maphash"
 	"strings"
 
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Plan is a deduplicated set of invalidations: one transaction's while it
@@ -41,7 +41,7 @@ type Plan struct {
 
 type entry struct {
 	off, n  uint32
-	version uint64
+	version wal.LSN
 	tmpl    *Template // says action, companion key, TTL, table and rule
 }
 
@@ -50,7 +50,7 @@ type entry struct {
 type pendingLookup struct {
 	key     lookupKey
 	args    []any
-	version uint64
+	version wal.LSN
 }
 
 type lookupKey struct {
@@ -63,7 +63,7 @@ type lookupKey struct {
 // problems are kept once, with a count.
 type Problem struct {
 	Table string
-	Op    replication.Op
+	Op    wal.Op
 	Msg   string
 	Count int
 }
@@ -73,7 +73,7 @@ func (p Problem) String() string { return fmt.Sprintf("%s on %s: %s", p.Op, p.Ta
 // ChangeCount is how many changes of one kind a plan saw on one table.
 type ChangeCount struct {
 	Table string
-	Op    replication.Op
+	Op    wal.Op
 	N     int
 }
 
@@ -163,7 +163,7 @@ func b2i(b bool) int {
 // SetVersion records version (the commit LSN) in every invalidation and
 // recorded lookup: it makes a transaction's plan one that can be applied
 // as it is, without merging (and so copying) it.
-func (p *Plan) SetVersion(version uint64) {
+func (p *Plan) SetVersion(version wal.LSN) {
 	for i := range p.entries {
 		p.entries[i].version = version
 	}
@@ -174,7 +174,7 @@ func (p *Plan) SetVersion(version uint64) {
 
 // Merge adds src's invalidations, lookups still to run, problems and counts;
 // version is src's commit LSN, which Bump actions record.
-func (p *Plan) Merge(src *Plan, version uint64) {
+func (p *Plan) Merge(src *Plan, version wal.LSN) {
 	for i := range src.entries {
 		e := &src.entries[i]
 		p.add(e.tmpl, src.arena[e.off:e.off+e.n], version)
@@ -200,7 +200,7 @@ func (p *Plan) Merge(src *Plan, version uint64) {
 
 // add records key (an invalidation by tmpl) unless the same action on the
 // same key is already there; a duplicate keeps the highest version.
-func (p *Plan) add(tmpl *Template, key []byte, version uint64) {
+func (p *Plan) add(tmpl *Template, key []byte, version wal.LSN) {
 	if len(p.slots) == 0 {
 		p.seed = maphash.MakeSeed()
 		p.slots = make([]int32, 64)
@@ -269,7 +269,7 @@ func (p *Plan) grow() {
 	}
 }
 
-func (p *Plan) addLookup(r *Rule, args []any, version uint64) {
+func (p *Plan) addLookup(r *Rule, args []any, version wal.LSN) {
 	var k strings.Builder
 	for _, a := range args {
 		if a == nil {
@@ -301,7 +301,7 @@ func (p *Plan) keepPending(n int) {
 	}
 }
 
-func (p *Plan) problem(table string, op replication.Op, msg string, n int) {
+func (p *Plan) problem(table string, op wal.Op, msg string, n int) {
 	for i := range p.Problems {
 		if pr := &p.Problems[i]; pr.Table == table && pr.Op == op && pr.Msg == msg {
 			pr.Count += n
@@ -311,15 +311,15 @@ func (p *Plan) problem(table string, op replication.Op, msg string, n int) {
 	p.Problems = append(p.Problems, Problem{Table: table, Op: op, Msg: msg, Count: n})
 }
 
-func (p *Plan) countN(table string, op replication.Op, n int) {
+func (p *Plan) countN(table string, op wal.Op, n int) {
 	p.ChangeCounts = addCount(p.ChangeCounts, table, op, n)
 }
 
-func (p *Plan) countUnmapped(table string, op replication.Op) {
+func (p *Plan) countUnmapped(table string, op wal.Op) {
 	p.Unmapped = addCount(p.Unmapped, table, op, 1)
 }
 
-func addCount(counts []ChangeCount, table string, op replication.Op, n int) []ChangeCount {
+func addCount(counts []ChangeCount, table string, op wal.Op, n int) []ChangeCount {
 	for i := range counts {
 		if c := &counts[i]; c.Table == table && c.Op == op {
 			c.N += n

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/walbust/walbust/mapping"
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 const planDeps = `version: 1
@@ -28,17 +28,17 @@ var (
 	planUsers    = relation(2, "public.users", 'f', "id*", "name")
 )
 
-func insert(rel *replication.Relation, vs ...string) replication.Change {
-	row := make([]replication.Value, len(vs))
+func insert(rel *wal.Relation, vs ...string) wal.Change {
+	row := make([]wal.Value, len(vs))
 	for i, v := range vs {
 		row[i] = txt(v)
 	}
-	return replication.Change{Op: replication.Insert, Relation: rel, New: row}
+	return wal.Change{Op: wal.Insert, Relation: rel, New: row}
 }
 
 // mapInto maps changes as the decoder would (one plan per transaction) and
 // merges them at commitLSN.
-func mapInto(t *testing.T, m *mapping.Mapper, batch *mapping.Plan, commitLSN uint64, changes ...replication.Change) *mapping.Plan {
+func mapInto(t *testing.T, m *mapping.Mapper, batch *mapping.Plan, commitLSN wal.LSN, changes ...wal.Change) *mapping.Plan {
 	t.Helper()
 	var tx mapping.Plan
 	for i := range changes {
@@ -69,7 +69,7 @@ func TestPlanMergeKeepsHighestVersionAndFirstOrder(t *testing.T) {
 	if batch.Changes != 5 {
 		t.Errorf("Changes = %d, want 5", batch.Changes)
 	}
-	wantCounts := []mapping.ChangeCount{{Table: "public.products", Op: replication.Insert, N: 4}, {Table: "public.users", Op: replication.Insert, N: 1}}
+	wantCounts := []mapping.ChangeCount{{Table: "public.products", Op: wal.Insert, N: 4}, {Table: "public.users", Op: wal.Insert, N: 1}}
 	if !reflect.DeepEqual(batch.ChangeCounts, wantCounts) {
 		t.Errorf("ChangeCounts %+v, want %+v", batch.ChangeCounts, wantCounts)
 	}
@@ -141,7 +141,7 @@ func TestMapperMaxTxChanges(t *testing.T) {
 	m := mapping.NewMapper(reg, nil)
 	m.MaxTxChanges = 2
 	var tx mapping.Plan
-	for _, c := range []replication.Change{
+	for _, c := range []wal.Change{
 		insert(planUsers, "1", "a"), insert(planProducts, "1", "3"),
 		insert(planUsers, "2", "b"), insert(planProducts, "2", "4"), insert(planUsers, "3", "c"),
 	} {

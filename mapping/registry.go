@@ -12,7 +12,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/walbust/walbust/internal/yamlnode"
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Registry is a loaded deps.yaml. It is immutable after Load and safe to
@@ -27,7 +27,7 @@ type Registry struct {
 
 // Table is everything cached from one table's rows.
 type Table struct {
-	Name       string // schema.table, as replication.QualifiedName writes it
+	Name       string // schema.table, as wal.QualifiedName writes it
 	Schema     string // unquoted
 	Relname    string // unquoted
 	Line       int
@@ -81,11 +81,11 @@ type Ref struct {
 type OpSet uint8
 
 // Has reports whether op is in the set.
-func (s OpSet) Has(op replication.Op) bool { return s&(1<<op) != 0 }
+func (s OpSet) Has(op wal.Op) bool { return s&(1<<op) != 0 }
 
 func (s OpSet) String() string {
 	var names []string
-	for _, op := range []replication.Op{replication.Insert, replication.Update, replication.Delete} {
+	for _, op := range []wal.Op{wal.Insert, wal.Update, wal.Delete} {
 		if s.Has(op) {
 			names = append(names, op.String())
 		}
@@ -93,7 +93,7 @@ func (s OpSet) String() string {
 	return strings.Join(names, ",")
 }
 
-const allOps = OpSet(1<<replication.Insert | 1<<replication.Update | 1<<replication.Delete)
+const allOps = OpSet(1<<wal.Insert | 1<<wal.Update | 1<<wal.Delete)
 
 // KeyFormat derives a companion key from a cache key, e.g. "{key}:version".
 type KeyFormat struct {
@@ -302,12 +302,12 @@ func readActionSpec(doc *yamlnode.Doc, fields []yamlnode.Field, spec *ActionSpec
 var tableFields = append([]string{"keys", "derived", "on_truncate"}, actionFields...)
 
 func buildTable(doc *yamlnode.Doc, tf yamlnode.Field, defaults ActionSpec) *Table {
-	schema, rel, err := replication.ParseQualifiedName(tf.Key.Value)
+	schema, rel, err := wal.ParseQualifiedName(tf.Key.Value)
 	if err != nil {
 		doc.Errorf(tf.Key, tf.Path, "%v", err)
 		return nil
 	}
-	t := &Table{Name: replication.QualifiedName(schema, rel), Schema: schema, Relname: rel, Line: tf.Key.Line, Column: tf.Key.Column, Action: defaults}
+	t := &Table{Name: wal.QualifiedName(schema, rel), Schema: schema, Relname: rel, Line: tf.Key.Line, Column: tf.Key.Column, Action: defaults}
 	errsBefore := len(doc.Errs)
 	fields := readActionSpec(doc, doc.Mapping(tf.Value, tf.Path, tableFields...), &t.Action)
 	for _, f := range fields {
@@ -391,11 +391,11 @@ func buildDerived(doc *yamlnode.Doc, n *yaml.Node, path string, index int) *Rule
 			for i, s := range names {
 				switch s {
 				case "insert":
-					r.On |= 1 << replication.Insert
+					r.On |= 1 << wal.Insert
 				case "update":
-					r.On |= 1 << replication.Update
+					r.On |= 1 << wal.Update
 				case "delete":
-					r.On |= 1 << replication.Delete
+					r.On |= 1 << wal.Delete
 				default:
 					doc.Errorf(nodes[i], fmt.Sprintf("%s[%d]", f.Path, i), "unknown operation %q (insert, update, delete; TRUNCATE is handled by on_truncate)", s)
 				}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/walbust/walbust/internal/yamlnode"
 	"github.com/walbust/walbust/mapping"
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // issue3Example is the deps.yaml of issue 3, verbatim: it must load as
@@ -62,7 +62,7 @@ func TestParseIssue3Example(t *testing.T) {
 	if users.Action.Action != mapping.Delete {
 		t.Errorf("users action %v, want delete", users.Action.Action)
 	}
-	all := []replication.Op{replication.Insert, replication.Update, replication.Delete}
+	all := []wal.Op{wal.Insert, wal.Update, wal.Delete}
 	type ruleWant struct {
 		name        string
 		line, col   int
@@ -101,7 +101,7 @@ func TestParseIssue3Example(t *testing.T) {
 				t.Errorf("%s does not serve %v", w.name, op)
 			}
 		}
-		if r.On.Has(replication.Truncate) {
+		if r.On.Has(wal.Truncate) {
 			t.Errorf("%s serves truncate", w.name)
 		}
 		switch {
@@ -895,7 +895,7 @@ tables:
 }
 
 // A table name with a dot in it is written quoted; the registry keys it by
-// the one spelling replication.QualifiedName gives the relation.
+// the one spelling wal.QualifiedName gives the relation.
 func TestParseQuotedTableNames(t *testing.T) {
 	reg := mustParse(t, `version: 1
 tables:
@@ -923,7 +923,7 @@ tables:
 		if tb.Schema != parts[0] || tb.Relname != parts[1] || tb.Name != name {
 			t.Errorf("%s: Name %q Schema %q Relname %q, want %q %q", name, tb.Name, tb.Schema, tb.Relname, parts[0], parts[1])
 		}
-		rel := &replication.Relation{Namespace: parts[0], Name: parts[1]}
+		rel := &wal.Relation{Namespace: parts[0], Name: parts[1]}
 		if rel.QualifiedName() != name {
 			t.Errorf("relation (%q, %q) is called %q, not %q", parts[0], parts[1], rel.QualifiedName(), name)
 		}

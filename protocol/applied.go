@@ -3,7 +3,7 @@ package protocol
 // AppliedKey is the Redis key where walbust records how far it has applied
 // slot's changes: the end LSN of the last batch Redis acknowledged, or the
 // idle position confirmed past it, in pg_lsn text form ("16/B374D848",
-// see FormatLSN). It is written before the position is checkpointed or
+// see wal.LSN.String). It is written before the position is checkpointed or
 // confirmed to the slot, so every change up to it is in Redis. The slot
 // name is the hash tag: one key, one Cluster slot.
 //

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"unicode/utf8"
+
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // DefaultEventsChannel is the Redis channel walbust publishes events on
@@ -24,7 +26,7 @@ const DefaultEventsChannel = "walbust:events"
 // carried in JSON (invalid UTF-8) and may send it instead of very long
 // lists. Readers ignore fields they do not know.
 type Event struct {
-	LSN      uint64
+	LSN      wal.LSN
 	Keys     []string
 	Patterns []string
 	Flush    bool
@@ -44,7 +46,7 @@ func (e Event) Marshal() ([]byte, error) { return json.Marshal(e) }
 
 // MarshalJSON implements json.Marshaler (see Marshal).
 func (e Event) MarshalJSON() ([]byte, error) {
-	lsn := FormatLSN(e.LSN)
+	lsn := e.LSN.String()
 	keys, okKeys := validUTF8(e.Keys)
 	patterns, okPatterns := validUTF8(e.Patterns)
 	return json.Marshal(eventJSON{LSN: &lsn, Keys: &keys, Patterns: &patterns, Flush: e.Flush || !okKeys || !okPatterns})
@@ -83,7 +85,7 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 	if raw.LSN == nil {
 		return errors.New("event: missing lsn")
 	}
-	lsn, err := ParseLSN(*raw.LSN)
+	lsn, err := wal.ParseLSN(*raw.LSN)
 	if err != nil {
 		return fmt.Errorf("event: %w", err)
 	}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Prefixes of the stored forms. A string with none of them is not part of
@@ -20,7 +22,7 @@ type Fence struct {
 	// transaction that fenced the key; 0 when unknown, as in a lease taken
 	// over an absent key. A replica has replayed that commit once its
 	// pg_last_wal_replay_lsn() is strictly greater than LSN.
-	LSN uint64
+	LSN wal.LSN
 	// Token makes this tombstone or lease unique.
 	Token string
 }
@@ -28,14 +30,14 @@ type Fence struct {
 // Tombstone is what walbust's fence action writes into a key: the commit
 // LSN and a random token, "wbfence:1:<lsn>:<token>". token must be valid
 // (see NewToken).
-func Tombstone(lsn uint64, token string) string {
-	return TombstonePrefix + formatDecimal(lsn) + ":" + token
+func Tombstone(lsn wal.LSN, token string) string {
+	return TombstonePrefix + formatDecimal(uint64(lsn)) + ":" + token
 }
 
 // Lease is what a reader writes over a tombstone (keeping its LSN and its
 // remaining TTL) or over an absent key (LSN 0): "wblease:1:<lsn>:<token>".
-func Lease(lsn uint64, token string) string {
-	return LeasePrefix + formatDecimal(lsn) + ":" + token
+func Lease(lsn wal.LSN, token string) string {
+	return LeasePrefix + formatDecimal(uint64(lsn)) + ":" + token
 }
 
 // ParseTombstone parses a tombstone.
@@ -66,5 +68,5 @@ func parseFence(s, prefix, what string) (Fence, error) {
 	if !validToken(token) {
 		return Fence{}, fmt.Errorf("%s %.40q: token must be %d-%d lower-case hex digits", what, s, MinTokenLen, MaxTokenLen)
 	}
-	return Fence{LSN: v, Token: token}, nil
+	return Fence{LSN: wal.LSN(v), Token: token}, nil
 }

@@ -5,13 +5,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/walbust/walbust/replication/wal"
 )
 
 const tok = "0123456789abcdef0123456789abcdef"
 
 func TestTombstoneAndLeaseFormats(t *testing.T) {
 	for _, tt := range []struct {
-		lsn       uint64
+		lsn       wal.LSN
 		tombstone string
 		lease     string
 	}{
@@ -141,7 +143,7 @@ func TestDecode(t *testing.T) {
 	for _, tt := range []struct {
 		s    string
 		kind Kind
-		lsn  uint64
+		lsn  wal.LSN
 	}{
 		{"wbfence:1:42:" + tok, KindTombstone, 42},
 		{"wblease:1:42:" + tok, KindLease, 42},
@@ -155,36 +157,6 @@ func TestDecode(t *testing.T) {
 		c := Decode(tt.s)
 		if c.Kind != tt.kind || c.Fence.LSN != tt.lsn {
 			t.Errorf("Decode(%q) = %v lsn %d, want %v lsn %d", tt.s, c.Kind, c.Fence.LSN, tt.kind, tt.lsn)
-		}
-	}
-}
-
-func TestLSN(t *testing.T) {
-	for _, tt := range []struct {
-		text string
-		lsn  uint64
-	}{
-		{"0/0", 0},
-		{"0/1", 1},
-		{"16/B374D848", 0x16B374D848},
-		{"FFFFFFFF/FFFFFFFF", math.MaxUint64},
-	} {
-		if got := FormatLSN(tt.lsn); got != tt.text {
-			t.Errorf("FormatLSN(%#x) = %q, want %q", tt.lsn, got, tt.text)
-		}
-		if got, err := ParseLSN(tt.text); err != nil || got != tt.lsn {
-			t.Errorf("ParseLSN(%q) = %#x, %v", tt.text, got, err)
-		}
-	}
-	if got, err := ParseLSN("16/b374d848"); err != nil || got != 0x16B374D848 {
-		t.Errorf("ParseLSN(lower case) = %#x, %v", got, err)
-	}
-	if got, err := ParseLSN("00000016/0000000A"); err != nil || got != 0x160000000A {
-		t.Errorf("ParseLSN(zero padded) = %#x, %v", got, err)
-	}
-	for _, s := range []string{"", "/", "0/", "/0", "0", "0/0/0", "123456789/0", "0/123456789", "G/0", "0/-1", "+1/1", " 0/0", "0x1/1"} {
-		if v, err := ParseLSN(s); err == nil {
-			t.Errorf("ParseLSN(%q) = %#x, want an error", s, v)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/walbust/walbust/internal/throwaway"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // rdb is a real redis-server shared by the script tests; TestMain fails the
@@ -50,9 +51,9 @@ var (
 	casScript   = redis.NewScript(CASScript)
 )
 
-func fence(t *testing.T, key string, lsn uint64, token string, ttl time.Duration) {
+func fence(t *testing.T, key string, lsn wal.LSN, token string, ttl time.Duration) {
 	t.Helper()
-	if err := fenceScript.Run(context.Background(), rdb, []string{key}, strconv.FormatUint(lsn, 10), token, ttl.Milliseconds()).Err(); err != nil {
+	if err := fenceScript.Run(context.Background(), rdb, []string{key}, strconv.FormatUint(uint64(lsn), 10), token, ttl.Milliseconds()).Err(); err != nil {
 		t.Fatalf("fence %s: %v", key, err)
 	}
 }
@@ -77,8 +78,8 @@ func TestFenceScript(t *testing.T) {
 	for _, tt := range []struct {
 		name    string
 		setup   func(key string)
-		lsn     uint64
-		wantLSN uint64
+		lsn     wal.LSN
+		wantLSN wal.LSN
 	}{
 		{"absent key", func(string) {}, 100, 100},
 		{"cached value", func(k string) { rdb.Set(ctx, k, "wbval:1:1:"+t1+":v:old", 0) }, 100, 100},

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Querier is the part of a pgx connection or pool the catalog helpers use.
@@ -20,8 +20,8 @@ var ErrNoTable = errors.New("table does not exist")
 // DescribeTable reads a table from the catalog as pgoutput would describe it
 // in a Relation message: published columns in order, with the replica
 // identity's columns marked as keys.
-func DescribeTable(ctx context.Context, q Querier, qualified string) (*Relation, error) {
-	schema, name, err := ParseQualifiedName(qualified)
+func DescribeTable(ctx context.Context, q Querier, qualified string) (*wal.Relation, error) {
+	schema, name, err := wal.ParseQualifiedName(qualified)
 	if err != nil {
 		return nil, err
 	}
@@ -38,9 +38,9 @@ ORDER BY a.attnum`, schema, name)
 	if err != nil {
 		return nil, fmt.Errorf("describe %s: %w", qualified, err)
 	}
-	rel := &Relation{Namespace: schema, Name: name}
+	rel := &wal.Relation{Namespace: schema, Name: name}
 	for rows.Next() {
-		var col Column
+		var col wal.Column
 		var ident string
 		if err := rows.Scan(&rel.ID, &ident, &col.Name, &col.TypeOID, &col.Key); err != nil {
 			return nil, fmt.Errorf("describe %s: %w", qualified, err)
@@ -55,18 +55,4 @@ ORDER BY a.attnum`, schema, name)
 		return nil, fmt.Errorf("%s: %w", qualified, ErrNoTable)
 	}
 	return rel, nil
-}
-
-// ColumnNames returns the relation's column names.
-func (r *Relation) ColumnNames() []string {
-	names := make([]string, len(r.Columns))
-	for i, c := range r.Columns {
-		names[i] = c.Name
-	}
-	return names
-}
-
-// HasColumn reports whether the relation has the named column.
-func (r *Relation) HasColumn(name string) bool {
-	return slices.ContainsFunc(r.Columns, func(c Column) bool { return c.Name == name })
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Sink takes a transaction's row changes as they are decoded, so the
@@ -14,7 +15,7 @@ import (
 // The Change and its values are valid only during Add: they alias the
 // message being decoded.
 type Sink interface {
-	Add(c *Change)
+	Add(c *wal.Change)
 }
 
 // Decoder assembles pgoutput (protocol version 2) messages into committed
@@ -23,7 +24,7 @@ type Sink interface {
 // reconnects: the server only resends a Relation message when it thinks
 // we lack it.
 type Decoder struct {
-	relations map[uint32]*Relation
+	relations map[uint32]*wal.Relation
 	tx        *Transaction            // the non-streamed transaction being received
 	streams   map[uint32]*Transaction // in-progress streamed transactions by xid
 	inStream  bool                    // between Stream Start and Stream Stop: ParseV2 needs to know
@@ -33,13 +34,13 @@ type Decoder struct {
 	// keeps copies of the changes in Transaction.Changes.
 	NewSink func() Sink
 
-	change   Change // reused for every row change
-	old, new []Value
+	change   wal.Change // reused for every row change
+	old, new []wal.Value
 }
 
 // NewDecoder returns a Decoder with an empty relation cache.
 func NewDecoder() *Decoder {
-	return &Decoder{relations: map[uint32]*Relation{}, streams: map[uint32]*Transaction{}}
+	return &Decoder{relations: map[uint32]*wal.Relation{}, streams: map[uint32]*Transaction{}}
 }
 
 // InTransaction reports whether some transaction has begun and not ended.
@@ -65,7 +66,7 @@ func (d *Decoder) newTransaction(xid uint32) *Transaction {
 // Decode consumes one pgoutput message. It returns the transaction when msg
 // is its commit, and the relation when msg described one (so callers can
 // check it against the registry).
-func (d *Decoder) Decode(walData []byte) (tx *Transaction, relation *Relation, err error) {
+func (d *Decoder) Decode(walData []byte) (tx *Transaction, relation *wal.Relation, err error) {
 	if len(walData) == 0 {
 		return nil, nil, fmt.Errorf("empty pgoutput message")
 	}
@@ -81,10 +82,10 @@ func (d *Decoder) Decode(walData []byte) (tx *Transaction, relation *Relation, e
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessageV2:
-		rel := &Relation{ID: m.RelationID, Namespace: m.Namespace, Name: m.RelationName, ReplicaIdentity: m.ReplicaIdentity}
-		rel.Columns = make([]Column, len(m.Columns))
+		rel := &wal.Relation{ID: m.RelationID, Namespace: m.Namespace, Name: m.RelationName, ReplicaIdentity: m.ReplicaIdentity}
+		rel.Columns = make([]wal.Column, len(m.Columns))
 		for i, c := range m.Columns {
-			rel.Columns[i] = Column{Name: c.Name, TypeOID: c.DataType, Key: c.Flags&1 == 1}
+			rel.Columns[i] = wal.Column{Name: c.Name, TypeOID: c.DataType, Key: c.Flags&1 == 1}
 		}
 		d.relations[rel.ID] = rel
 		return nil, rel, nil
@@ -96,7 +97,7 @@ func (d *Decoder) Decode(walData []byte) (tx *Transaction, relation *Relation, e
 			return nil, nil, fmt.Errorf("commit at %s without begin", m.CommitLSN)
 		}
 		tx, d.tx = d.tx, nil
-		tx.CommitLSN, tx.EndLSN, tx.CommitTime = m.CommitLSN, m.TransactionEndLSN, m.CommitTime
+		tx.CommitLSN, tx.EndLSN, tx.CommitTime = wal.LSN(m.CommitLSN), wal.LSN(m.TransactionEndLSN), m.CommitTime
 		return tx, nil, nil
 	case *pglogrepl.StreamStartMessageV2:
 		d.inStream, d.streamXid = true, m.Xid
@@ -111,7 +112,7 @@ func (d *Decoder) Decode(walData []byte) (tx *Transaction, relation *Relation, e
 			return nil, nil, fmt.Errorf("stream commit of unknown transaction %d", m.Xid)
 		}
 		delete(d.streams, m.Xid)
-		tx.CommitLSN, tx.EndLSN, tx.CommitTime = m.CommitLSN, m.TransactionEndLSN, m.CommitTime
+		tx.CommitLSN, tx.EndLSN, tx.CommitTime = wal.LSN(m.CommitLSN), wal.LSN(m.TransactionEndLSN), m.CommitTime
 		return tx, nil, nil
 	case *pglogrepl.StreamAbortMessageV2:
 		// Only a top-level abort discards the transaction. Changes of an
@@ -140,7 +141,7 @@ func (d *Decoder) Decode(walData []byte) (tx *Transaction, relation *Relation, e
 			}
 		}
 		for _, id := range m.RelationIDs {
-			d.change = Change{Op: Truncate, Relation: d.relations[id]}
+			d.change = wal.Change{Op: wal.Truncate, Relation: d.relations[id]}
 			cur.Sink.Add(&d.change)
 		}
 	}
@@ -192,19 +193,19 @@ func firstByte(b []byte) byte {
 // the changes, for tools and tests that want the rows themselves.
 type collector Transaction
 
-func (c *collector) Add(ch *Change) {
+func (c *collector) Add(ch *wal.Change) {
 	cp := *ch
 	cp.Old, cp.New = copyValues(ch.Old), copyValues(ch.New)
 	c.Changes = append(c.Changes, cp)
 }
 
-func copyValues(vs []Value) []Value {
+func copyValues(vs []wal.Value) []wal.Value {
 	if vs == nil {
 		return nil
 	}
-	out := make([]Value, len(vs))
+	out := make([]wal.Value, len(vs))
 	for i, v := range vs {
-		out[i] = Value{Kind: v.Kind, Data: bytes.Clone(v.Data)}
+		out[i] = wal.Value{Kind: v.Kind, Data: bytes.Clone(v.Data)}
 	}
 	return out
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/walbust/walbust/internal/pgoutputtest"
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 type pv = pgoutputtest.Value
@@ -39,14 +40,14 @@ func begin() []byte { return pgoutputtest.Begin(commitLSN, commitTime, xid) }
 
 func commit() []byte { return pgoutputtest.Commit(commitLSN, endLSN, commitTime) }
 
-func text(s string) replication.Value {
-	return replication.Value{Kind: replication.Text, Data: []byte(s)}
+func text(s string) wal.Value {
+	return wal.Value{Kind: wal.Text, Data: []byte(s)}
 }
 
 var (
-	null      = replication.Value{Kind: replication.Null}
-	missing   = replication.Value{Kind: replication.Missing}
-	unchanged = replication.Value{Kind: replication.Unchanged}
+	null      = wal.Value{Kind: wal.Null}
+	missing   = wal.Value{Kind: wal.Missing}
+	unchanged = wal.Value{Kind: wal.Unchanged}
 )
 
 // decodeAll feeds msgs to d and returns the transactions it completes.
@@ -109,7 +110,7 @@ func TestDecodeInsertTransaction(t *testing.T) {
 	if err != nil || tx != nil || rel == nil {
 		t.Fatalf("Relation: %v %v %v", tx, rel, err)
 	}
-	wantRel := &replication.Relation{ID: relUsers, Namespace: "public", Name: "users", ReplicaIdentity: 'd', Columns: []replication.Column{
+	wantRel := &wal.Relation{ID: relUsers, Namespace: "public", Name: "users", ReplicaIdentity: 'd', Columns: []wal.Column{
 		{Name: "id", TypeOID: 23, Key: true}, {Name: "email", TypeOID: 25}, {Name: "bio", TypeOID: 25}}}
 	if !reflect.DeepEqual(rel, wantRel) {
 		t.Errorf("relation %+v, want %+v", rel, wantRel)
@@ -139,16 +140,16 @@ func TestDecodeInsertTransaction(t *testing.T) {
 		t.Errorf("tx xid %d commit %s at %v", tx.Xid, tx.CommitLSN, tx.CommitTime)
 	}
 	if tx.EndLSN != endLSN {
-		t.Errorf("EndLSN = %s, want the commit's transaction end LSN %s (CommitLSN is %s)", tx.EndLSN, replication.LSN(endLSN), replication.LSN(commitLSN))
+		t.Errorf("EndLSN = %s, want the commit's transaction end LSN %s (CommitLSN is %s)", tx.EndLSN, wal.LSN(endLSN), wal.LSN(commitLSN))
 	}
 	if len(tx.Changes) != 1 {
 		t.Fatalf("%d changes", len(tx.Changes))
 	}
 	c := tx.Changes[0]
-	if c.Op != replication.Insert || c.Relation != rel || c.Old != nil {
+	if c.Op != wal.Insert || c.Relation != rel || c.Old != nil {
 		t.Errorf("change %+v", c)
 	}
-	if want := []replication.Value{text("1"), text("a@x"), null}; !reflect.DeepEqual(c.New, want) {
+	if want := []wal.Value{text("1"), text("a@x"), null}; !reflect.DeepEqual(c.New, want) {
 		t.Errorf("New = %+v, want %+v", c.New, want)
 	}
 }
@@ -159,34 +160,34 @@ func TestDecodeRowChanges(t *testing.T) {
 		name     string
 		identity byte
 		msg      []byte
-		op       replication.Op
-		old, new []replication.Value
+		op       wal.Op
+		old, new []wal.Value
 	}{
 		{"insert with NULL", 'd', pgoutputtest.Insert(relUsers, pv("1"), nil, pv("")),
-			replication.Insert, nil, []replication.Value{text("1"), null, text("")}},
+			wal.Insert, nil, []wal.Value{text("1"), null, text("")}},
 		{"update without old tuple", 'd', pgoutputtest.Update(relUsers, 0, nil, []pv{pv("1"), pv("b@x"), pgoutputtest.Unchanged}),
-			replication.Update, nil, []replication.Value{text("1"), text("b@x"), unchanged}},
+			wal.Update, nil, []wal.Value{text("1"), text("b@x"), unchanged}},
 		{"update with K old tuple marks non-key columns Missing", 'd',
 			pgoutputtest.Update(relUsers, 'K', []pv{pv("1"), nil, nil}, []pv{pv("2"), pv("b@x"), pv("bio")}),
-			replication.Update, []replication.Value{text("1"), missing, missing}, []replication.Value{text("2"), text("b@x"), text("bio")}},
+			wal.Update, []wal.Value{text("1"), missing, missing}, []wal.Value{text("2"), text("b@x"), text("bio")}},
 		{"unchanged toast stays unchanged with a K old tuple", 'd',
 			pgoutputtest.Update(relUsers, 'K', []pv{pv("1"), nil, nil}, []pv{pv("2"), pv("b@x"), pgoutputtest.Unchanged}),
-			replication.Update, []replication.Value{text("1"), missing, missing}, []replication.Value{text("2"), text("b@x"), unchanged}},
+			wal.Update, []wal.Value{text("1"), missing, missing}, []wal.Value{text("2"), text("b@x"), unchanged}},
 		{"unchanged toast is filled from an O old tuple", 'f',
 			pgoutputtest.Update(relUsers, 'O', []pv{pv("1"), pv("a@x"), pv(big)}, []pv{pv("1"), pv("b@x"), pgoutputtest.Unchanged}),
-			replication.Update, []replication.Value{text("1"), text("a@x"), text(big)}, []replication.Value{text("1"), text("b@x"), text(big)}},
+			wal.Update, []wal.Value{text("1"), text("a@x"), text(big)}, []wal.Value{text("1"), text("b@x"), text(big)}},
 		{"unchanged toast filled with an old NULL", 'f',
 			pgoutputtest.Update(relUsers, 'O', []pv{pv("1"), pv("a@x"), nil}, []pv{pv("1"), pv("b@x"), pgoutputtest.Unchanged}),
-			replication.Update, []replication.Value{text("1"), text("a@x"), null}, []replication.Value{text("1"), text("b@x"), null}},
+			wal.Update, []wal.Value{text("1"), text("a@x"), null}, []wal.Value{text("1"), text("b@x"), null}},
 		{"unchanged toast in both tuples stays unchanged", 'f',
 			pgoutputtest.Update(relUsers, 'O', []pv{pv("1"), pv("a@x"), pgoutputtest.Unchanged}, []pv{pv("1"), pv("b@x"), pgoutputtest.Unchanged}),
-			replication.Update, []replication.Value{text("1"), text("a@x"), unchanged}, []replication.Value{text("1"), text("b@x"), unchanged}},
+			wal.Update, []wal.Value{text("1"), text("a@x"), unchanged}, []wal.Value{text("1"), text("b@x"), unchanged}},
 		{"delete with K old tuple", 'd', pgoutputtest.Delete(relUsers, 'K', []pv{pv("1"), nil, nil}),
-			replication.Delete, []replication.Value{text("1"), missing, missing}, nil},
+			wal.Delete, []wal.Value{text("1"), missing, missing}, nil},
 		{"delete with O old tuple keeps NULLs", 'f', pgoutputtest.Delete(relUsers, 'O', []pv{pv("1"), nil, pv("x")}),
-			replication.Delete, []replication.Value{text("1"), null, text("x")}, nil},
+			wal.Delete, []wal.Value{text("1"), null, text("x")}, nil},
 		{"key column sent as NULL in a K tuple is NULL", 'd', pgoutputtest.Delete(relUsers, 'K', []pv{nil, nil, nil}),
-			replication.Delete, []replication.Value{null, missing, missing}, nil},
+			wal.Delete, []wal.Value{null, missing, missing}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -209,18 +210,18 @@ func TestDecodeRowChanges(t *testing.T) {
 	}
 }
 
-func showValues(vs []replication.Value) string {
+func showValues(vs []wal.Value) string {
 	if vs == nil {
 		return "nil"
 	}
 	var parts []string
 	for _, v := range vs {
 		switch v.Kind {
-		case replication.Missing:
+		case wal.Missing:
 			parts = append(parts, "Missing")
-		case replication.Null:
+		case wal.Null:
 			parts = append(parts, "NULL")
-		case replication.Unchanged:
+		case wal.Unchanged:
 			parts = append(parts, "Unchanged")
 		default:
 			s := string(v.Data)
@@ -241,7 +242,7 @@ func TestDecodeTruncate(t *testing.T) {
 	}
 	var got []string
 	for _, c := range txs[0].Changes {
-		if c.Op != replication.Truncate || c.Old != nil || c.New != nil {
+		if c.Op != wal.Truncate || c.Old != nil || c.New != nil {
 			t.Errorf("change %+v", c)
 		}
 		got = append(got, c.Relation.QualifiedName())
@@ -265,7 +266,7 @@ func TestDecodeSeveralTransactions(t *testing.T) {
 	}
 	for i, want := range []struct {
 		xid      uint32
-		end      replication.LSN
+		end      wal.LSN
 		nchanges int
 	}{{1, 110, 1}, {2, 210, 2}, {3, 310, 0}} {
 		if tx := txs[i]; tx.Xid != want.xid || tx.EndLSN != want.end || len(tx.Changes) != want.nchanges {
@@ -367,7 +368,7 @@ func TestDecodeStreamedTransactions(t *testing.T) {
 	if s.Xid != 500 || s.CommitLSN != 0x9000 || s.EndLSN != 0x9040 || !s.CommitTime.Equal(commitTime) {
 		t.Errorf("streamed transaction xid %d commit %s end %s at %v", s.Xid, s.CommitLSN, s.EndLSN, s.CommitTime)
 	}
-	if len(s.Changes) != 2 || s.Changes[0].Op != replication.Insert || s.Changes[1].Op != replication.Delete {
+	if len(s.Changes) != 2 || s.Changes[0].Op != wal.Insert || s.Changes[1].Op != wal.Delete {
 		t.Errorf("streamed changes %+v", s.Changes)
 	}
 	if d.InTransaction() {
@@ -474,7 +475,7 @@ func validMessages() [][]byte {
 	}
 }
 
-func decodePrimed(t testing.TB, msg []byte) (*replication.Transaction, *replication.Relation, error) {
+func decodePrimed(t testing.TB, msg []byte) (*replication.Transaction, *wal.Relation, error) {
 	return primedDecoder(t).Decode(msg)
 }
 
@@ -513,7 +514,7 @@ func TestDecodeTrailingBytes(t *testing.T) {
 	d := replication.NewDecoder()
 	decodeAll(t, d, usersRelation('d'), begin(), msg)
 	txs := decodeAll(t, d, commit())
-	if want := []replication.Value{text("1"), text("a@x"), null}; !reflect.DeepEqual(txs[0].Changes[0].New, want) {
+	if want := []wal.Value{text("1"), text("a@x"), null}; !reflect.DeepEqual(txs[0].Changes[0].New, want) {
 		t.Errorf("New = %s", showValues(txs[0].Changes[0].New))
 	}
 }

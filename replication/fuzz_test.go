@@ -7,6 +7,7 @@ import (
 
 	"github.com/walbust/walbust/internal/pgoutputtest"
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // checkTransaction checks what any decoded transaction must satisfy.
@@ -18,27 +19,27 @@ func checkTransaction(t *testing.T, tx *replication.Transaction) {
 		}
 		n := len(c.Relation.Columns)
 		switch c.Op {
-		case replication.Insert:
+		case wal.Insert:
 			if len(c.New) != n || c.Old != nil {
 				t.Errorf("insert %d: %d new values, old %v; relation has %d columns", i, len(c.New), c.Old, n)
 			}
-		case replication.Update:
+		case wal.Update:
 			if len(c.New) != n || c.Old != nil && len(c.Old) != n {
 				t.Errorf("update %d: %d new, %d old values; relation has %d columns", i, len(c.New), len(c.Old), n)
 			}
-		case replication.Delete:
+		case wal.Delete:
 			if c.New != nil || c.Old != nil && len(c.Old) != n {
 				t.Errorf("delete %d: %d new, %d old values; relation has %d columns", i, len(c.New), len(c.Old), n)
 			}
-		case replication.Truncate:
+		case wal.Truncate:
 			if c.New != nil || c.Old != nil {
 				t.Errorf("truncate %d carries rows", i)
 			}
 		default:
 			t.Errorf("change %d has op %v", i, c.Op)
 		}
-		for _, v := range append(append([]replication.Value(nil), c.Old...), c.New...) {
-			if v.Kind > replication.Text || v.Kind != replication.Text && v.Data != nil {
+		for _, v := range append(append([]wal.Value(nil), c.Old...), c.New...) {
+			if v.Kind > wal.Text || v.Kind != wal.Text && v.Data != nil {
 				t.Errorf("change %d: value %+v", i, v)
 			}
 		}
@@ -59,7 +60,7 @@ func FuzzDecoder(f *testing.F) {
 	f.Add([]byte{'Y', 0, 0, 0, 23, 'p', 'g', 0, 'i', 'n', 't', 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var tx *replication.Transaction
-		var rel *replication.Relation
+		var rel *wal.Relation
 		var err error
 		d := primedDecoder(t)
 		if n := allocated(func() { tx, rel, err = d.Decode(data) }); n > maxAlloc(len(data)) {

@@ -5,13 +5,14 @@ import (
 	"fmt"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Server is what IDENTIFY_SYSTEM says about the server walbust streams from.
 type Server struct {
 	SystemID string // new whenever a cluster is initialised
 	Database string
-	WALFlush LSN // current WAL flush position: nothing past it can have been streamed
+	WALFlush wal.LSN // current WAL flush position: nothing past it can have been streamed
 }
 
 // Identify asks the server who it is, on a replication connection: the
@@ -27,5 +28,5 @@ func Identify(ctx context.Context, url string) (Server, error) {
 	if err != nil {
 		return Server{}, fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
 	}
-	return Server{SystemID: r.SystemID, Database: r.DBName, WALFlush: r.XLogPos}, nil
+	return Server{SystemID: r.SystemID, Database: r.DBName, WALFlush: wal.LSN(r.XLogPos)}, nil
 }

@@ -3,6 +3,8 @@ package replication
 import (
 	"context"
 	"fmt"
+
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // TableOIDs resolves qualified table names (tables and partitioned tables)
@@ -11,7 +13,7 @@ import (
 func TableOIDs(ctx context.Context, q Querier, names []string) (map[string]uint32, error) {
 	schemas, tables := make([]string, 0, len(names)), make([]string, 0, len(names))
 	for _, n := range names {
-		s, t, err := ParseQualifiedName(n)
+		s, t, err := wal.ParseQualifiedName(n)
 		if err != nil {
 			return nil, err
 		}
@@ -33,7 +35,7 @@ JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.relname AND c.relkin
 		if err := rows.Scan(&schema, &table, &oid); err != nil {
 			return nil, fmt.Errorf("look up table OIDs: %w", err)
 		}
-		out[QualifiedName(schema, table)] = oid
+		out[wal.QualifiedName(schema, table)] = oid
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("look up table OIDs: %w", err)
@@ -59,7 +61,7 @@ WHERE c.oid = ANY($1::oid[]) AND c.relkind IN ('r', 'p')`, oids)
 		if err := rows.Scan(&oid, &schema, &table); err != nil {
 			return nil, fmt.Errorf("look up tables by OID: %w", err)
 		}
-		out[oid] = QualifiedName(schema, table)
+		out[oid] = wal.QualifiedName(schema, table)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("look up tables by OID: %w", err)

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Row changes (Insert, Update, Delete) are decoded here, in place, instead
@@ -43,7 +45,7 @@ func (d *Decoder) decodeRow(data []byte) error {
 		return fmt.Errorf("%s on unknown relation %d", op, relID)
 	}
 	c := &d.change
-	*c = Change{Op: op, Relation: rel}
+	*c = wal.Change{Op: op, Relation: rel}
 	marker := r.byte()
 	switch {
 	case kind == 'I' && marker == 'N':
@@ -68,7 +70,7 @@ func (d *Decoder) decodeRow(data []byte) error {
 		// An unchanged TOASTed value is not sent in the new image; the old
 		// image (replica identity FULL) has it.
 		for i, v := range c.New {
-			if v.Kind == Unchanged && (c.Old[i].Kind == Text || c.Old[i].Kind == Null) {
+			if v.Kind == wal.Unchanged && (c.Old[i].Kind == wal.Text || c.Old[i].Kind == wal.Null) {
 				c.New[i] = c.Old[i]
 			}
 		}
@@ -77,9 +79,9 @@ func (d *Decoder) decodeRow(data []byte) error {
 	return nil
 }
 
-var rowOps = [256]Op{'I': Insert, 'U': Update, 'D': Delete}
+var rowOps = [256]wal.Op{'I': wal.Insert, 'U': wal.Update, 'D': wal.Delete}
 
-func (d *Decoder) rowError(op Op, rel *Relation, kind byte, err error) error {
+func (d *Decoder) rowError(op wal.Op, rel *wal.Relation, kind byte, err error) error {
 	var colErr *columnError
 	if errors.As(err, &colErr) {
 		return fmt.Errorf("%s on %s: %w", op, rel.QualifiedName(), err)
@@ -99,7 +101,7 @@ func (e *columnError) Error() string { return e.msg }
 // tuple reads TupleData (image names it in errors) into buf (grown as needed) and returns the values
 // and the buffer for reuse. In a key-only image the non-key columns arrive
 // as NULLs that mean "not sent", so they become Missing.
-func tuple(r *rowReader, rel *Relation, buf []Value, image string, keyOnly bool) ([]Value, []Value) {
+func tuple(r *rowReader, rel *wal.Relation, buf []wal.Value, image string, keyOnly bool) ([]wal.Value, []wal.Value) {
 	n := int(r.u16())
 	if r.err != nil {
 		return nil, buf
@@ -110,20 +112,20 @@ func tuple(r *rowReader, rel *Relation, buf []Value, image string, keyOnly bool)
 		return nil, buf
 	}
 	if cap(buf) < n {
-		buf = make([]Value, n)
+		buf = make([]wal.Value, n)
 	}
 	vals := buf[:n]
 	for i := range vals {
 		switch k := r.byte(); k {
 		case 'n':
-			vals[i] = Value{Kind: Null}
+			vals[i] = wal.Value{Kind: wal.Null}
 			if keyOnly && !rel.Columns[i].Key {
-				vals[i].Kind = Missing
+				vals[i].Kind = wal.Missing
 			}
 		case 'u':
-			vals[i] = Value{Kind: Unchanged}
+			vals[i] = wal.Value{Kind: wal.Unchanged}
 		case 't':
-			vals[i] = Value{Kind: Text, Data: r.bytes(int(r.u32()))}
+			vals[i] = wal.Value{Kind: wal.Text, Data: r.bytes(int(r.u32()))}
 		case 'b':
 			// Only text output is requested (no "binary" plugin option).
 			r.fail(&columnError{fmt.Sprintf("column %s: unsupported tuple data type %q", rel.Columns[i].Name, k)})

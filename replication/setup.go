@@ -7,8 +7,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // EnsurePublication makes publication name publish exactly tables. It
@@ -57,7 +57,7 @@ func PublishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([
 	tables, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (string, error) {
 		var schema, table string
 		err := row.Scan(&schema, &table)
-		return QualifiedName(schema, table), err
+		return wal.QualifiedName(schema, table), err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)
@@ -69,7 +69,7 @@ func PublishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([
 func tableList(tables []string) (string, error) {
 	quoted := make([]string, len(tables))
 	for i, t := range tables {
-		schema, name, err := ParseQualifiedName(t)
+		schema, name, err := wal.ParseQualifiedName(t)
 		if err != nil {
 			return "", err
 		}
@@ -85,7 +85,7 @@ type SlotInfo struct {
 	Database          string
 	Active            bool
 	ActivePID         *int32
-	ConfirmedFlushLSN LSN
+	ConfirmedFlushLSN wal.LSN
 	WALStatus         string // reserved, extended, unreserved, lost
 	SafeWALSize       *int64 // bytes before the slot is lost; nil: unlimited
 }
@@ -108,7 +108,7 @@ FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &db, &s.Act
 	}
 	s.Plugin, s.Database, s.WALStatus = deref(plugin), deref(db), deref(walStatus)
 	if confirmed != nil {
-		if s.ConfirmedFlushLSN, err = ParseLSN(*confirmed); err != nil {
+		if s.ConfirmedFlushLSN, err = wal.ParseLSN(*confirmed); err != nil {
 			return nil, fmt.Errorf("slot %s: %w", slot, err)
 		}
 	}
@@ -144,12 +144,12 @@ func EnsureSlot(ctx context.Context, conn *pgx.Conn, slot string) (string, error
 
 // CreateSlot creates a logical slot with the pgoutput plugin and returns the
 // position from which it will stream.
-func CreateSlot(ctx context.Context, conn *pgx.Conn, slot string) (LSN, error) {
+func CreateSlot(ctx context.Context, conn *pgx.Conn, slot string) (wal.LSN, error) {
 	var text string
 	if err := conn.QueryRow(ctx, `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')`, slot).Scan(&text); err != nil {
 		return 0, fmt.Errorf("create slot %s: %w", slot, err)
 	}
-	return ParseLSN(text)
+	return wal.ParseLSN(text)
 }
 
 // DropSlot drops the slot if it exists, so Postgres stops retaining WAL for it.
@@ -183,15 +183,6 @@ func DropPublication(ctx context.Context, conn *pgx.Conn, name string) (string, 
 		return "", fmt.Errorf("drop publication %s: %w", name, err)
 	}
 	return fmt.Sprintf("dropped publication %s", name), nil
-}
-
-// ParseLSN parses "X/Y".
-func ParseLSN(s string) (LSN, error) {
-	lsn, err := pglogrepl.ParseLSN(s)
-	if err != nil {
-		return 0, fmt.Errorf("parse LSN %q: %w", s, err)
-	}
-	return lsn, nil
 }
 
 func deref[T any](p *T) T {

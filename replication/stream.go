@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/walbust/walbust/replication/wal"
 	"go.uber.org/zap"
 )
 
@@ -21,7 +22,7 @@ import (
 type Acknowledger interface {
 	// Acknowledged returns the end LSN of the last transaction applied and
 	// saved, and how many delivered transactions have been applied in total.
-	Acknowledged() (lsn LSN, applied uint64)
+	Acknowledged() (lsn wal.LSN, applied uint64)
 }
 
 // Admitter holds transactions back until the consumer has room for them.
@@ -44,7 +45,7 @@ type Options struct {
 	Logger        *zap.Logger
 	// OnRelation is called in the streaming goroutine for every Relation
 	// message, so its schema can be checked against the registry.
-	OnRelation func(*Relation)
+	OnRelation func(*wal.Relation)
 	// NewSink gives each transaction the Sink its row changes go to (see
 	// Decoder.NewSink).
 	NewSink func() Sink
@@ -55,12 +56,12 @@ type Options struct {
 	OnConnected func(bool)
 	// OnReport is told the server's WAL end and the confirmed position at
 	// every status update.
-	OnReport func(serverWALEnd, confirmed LSN)
+	OnReport func(serverWALEnd, confirmed wal.LSN)
 	// SaveIdle, when set, durably records a position past the acknowledged
 	// one (WAL that touched no published table) before it is confirmed, so
 	// the slot is never ahead of the checkpoint: a slot found ahead of it was
 	// moved by something else.
-	SaveIdle func(LSN) error
+	SaveIdle func(wal.LSN) error
 	// BeforeStart, when set, runs before every START_REPLICATION, so a slot
 	// re-created while walbust was disconnected is noticed on reconnect.
 	// Its error ends the session (wrap ErrSlotLost or ErrFatal to stop).
@@ -76,21 +77,21 @@ type Streamer struct {
 	dec  *Decoder
 	conn *pgconn.PgConn
 
-	delivered     uint64 // transactions handed to out, in total
-	lastDelivered LSN    // end LSN of the last transaction handed to out
-	received      LSN    // highest WAL position received
-	serverWALEnd  LSN    // highest WAL end the server reported
-	idleWALEnd    LSN    // server WAL end seen in a keepalive while between transactions
-	reported      LSN    // flush position last sent; 0 before the first
-	savedIdle     LSN    // highest position SaveIdle recorded
-	idleSaveFails bool   // SaveIdle failed last time: warned already
+	delivered     uint64  // transactions handed to out, in total
+	lastDelivered wal.LSN // end LSN of the last transaction handed to out
+	received      wal.LSN // highest WAL position received
+	serverWALEnd  wal.LSN // highest WAL end the server reported
+	idleWALEnd    wal.LSN // server WAL end seen in a keepalive while between transactions
+	reported      wal.LSN // flush position last sent; 0 before the first
+	savedIdle     wal.LSN // highest position SaveIdle recorded
+	idleSaveFails bool    // SaveIdle failed last time: warned already
 	lastReport    time.Time
 	lastServerMsg time.Time
 }
 
 // NewStreamer returns a Streamer that will skip every transaction ending at
 // or before checkpoint: those were already applied.
-func NewStreamer(opts Options, checkpoint LSN) *Streamer {
+func NewStreamer(opts Options, checkpoint wal.LSN) *Streamer {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
@@ -162,7 +163,7 @@ func (s *Streamer) session(ctx context.Context, out chan<- *Transaction, ack Ack
 			return err
 		}
 	}
-	err = pglogrepl.StartReplication(ctx, conn, s.opts.Slot, start, pglogrepl.StartReplicationOptions{
+	err = pglogrepl.StartReplication(ctx, conn, s.opts.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
 		PluginArgs: pluginArgs(conn, s.opts.Publication),
 	})
 	if err != nil {
@@ -244,9 +245,10 @@ func (s *Streamer) handle(ctx context.Context, msg pgproto3.BackendMessage, out 
 			if err != nil {
 				return fmt.Errorf("parse keepalive: %w", err)
 			}
-			s.serverWALEnd = max(s.serverWALEnd, ka.ServerWALEnd)
-			if !s.dec.InTransaction() && ka.ServerWALEnd > s.idleWALEnd {
-				s.idleWALEnd = ka.ServerWALEnd
+			walEnd := wal.LSN(ka.ServerWALEnd)
+			s.serverWALEnd = max(s.serverWALEnd, walEnd)
+			if !s.dec.InTransaction() && walEnd > s.idleWALEnd {
+				s.idleWALEnd = walEnd
 			}
 			return s.maybeReport(ctx, ack, ka.ReplyRequested)
 		case pglogrepl.XLogDataByteID:
@@ -256,8 +258,8 @@ func (s *Streamer) handle(ctx context.Context, msg pgproto3.BackendMessage, out 
 			if err != nil {
 				return fmt.Errorf("parse XLogData: %w", err)
 			}
-			s.serverWALEnd = max(s.serverWALEnd, xld.ServerWALEnd)
-			if end := xld.WALStart + LSN(len(xld.WALData)); end > s.received {
+			s.serverWALEnd = max(s.serverWALEnd, wal.LSN(xld.ServerWALEnd))
+			if end := wal.LSN(xld.WALStart) + wal.LSN(len(xld.WALData)); end > s.received {
 				s.received = end
 			}
 			tx, rel, err := s.dec.Decode(xld.WALData)
@@ -333,7 +335,7 @@ func (s *Streamer) admit(ctx context.Context, tx *Transaction, ack Acknowledger)
 // touched unpublished tables). It is never past what this server has
 // streamed: an acknowledged position can come from a checkpoint, and one
 // from elsewhere would make the slot skip every change up to it.
-func (s *Streamer) flushPosition(ack Acknowledger) LSN {
+func (s *Streamer) flushPosition(ack Acknowledger) wal.LSN {
 	lsn, applied := ack.Acknowledged()
 	if applied == s.delivered && !s.dec.InTransaction() && s.idleWALEnd > lsn {
 		lsn = s.idleWALEnd
@@ -390,12 +392,12 @@ func (s *Streamer) report(ctx context.Context, ack Acknowledger, requestReply bo
 // checkpoint is not saved) the write position is 0 too: pglogrepl sends a
 // zero flush position as the write position, which would confirm to the
 // slot everything received, saved or not.
-func statusUpdate(received, flush LSN, requestReply bool) pglogrepl.StandbyStatusUpdate {
+func statusUpdate(received, flush wal.LSN, requestReply bool) pglogrepl.StandbyStatusUpdate {
 	write := max(received, flush)
 	if flush == 0 {
 		write = 0
 	}
-	return pglogrepl.StandbyStatusUpdate{WALWritePosition: write, WALFlushPosition: flush, WALApplyPosition: flush, ReplyRequested: requestReply}
+	return pglogrepl.StandbyStatusUpdate{WALWritePosition: pglogrepl.LSN(write), WALFlushPosition: pglogrepl.LSN(flush), WALApplyPosition: pglogrepl.LSN(flush), ReplyRequested: requestReply}
 }
 
 func (s *Streamer) connected(up bool) {
@@ -415,7 +417,7 @@ func (s *Streamer) Close(ctx context.Context, ack Acknowledger) error {
 }
 
 // Reported is the last flush position sent to Postgres.
-func (s *Streamer) Reported() LSN { return s.reported }
+func (s *Streamer) Reported() wal.LSN { return s.reported }
 
 func (s *Streamer) closeConn() {
 	if s.conn != nil {

@@ -1,18 +1,22 @@
 package replication
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/walbust/walbust/replication/wal"
+)
 
 type fixedAck struct {
-	lsn     LSN
+	lsn     wal.LSN
 	applied uint64
 }
 
-func (a fixedAck) Acknowledged() (LSN, uint64) { return a.lsn, a.applied }
+func (a fixedAck) Acknowledged() (wal.LSN, uint64) { return a.lsn, a.applied }
 
 // The acknowledged position can come from a checkpoint file; only what this
 // server has streamed may be confirmed to it.
 func TestFlushPositionNeverPastWhatWasStreamed(t *testing.T) {
-	const foreign = LSN(0xFFFFFFFF_FFFFFF00)
+	const foreign = wal.LSN(0xFFFFFFFF_FFFFFF00)
 	s := NewStreamer(Options{}, foreign)
 	if got := s.flushPosition(fixedAck{lsn: foreign}); got != 0 {
 		t.Errorf("nothing streamed yet: flush %s, want 0/0", got)
@@ -37,8 +41,8 @@ func TestFlushPositionNeverPastWhatWasStreamed(t *testing.T) {
 func TestStatusUpdateConfirmsOnlyTheFlushPosition(t *testing.T) {
 	for _, tc := range []struct {
 		name            string
-		received, flush LSN
-		wantWrite       LSN
+		received, flush wal.LSN
+		wantWrite       wal.LSN
 	}{
 		{"nothing acknowledged yet", 0x5000, 0, 0},
 		{"acknowledged behind received", 0x5000, 0x3000, 0x5000},
@@ -46,7 +50,7 @@ func TestStatusUpdateConfirmsOnlyTheFlushPosition(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := statusUpdate(tc.received, tc.flush, false)
-			if u.WALWritePosition != tc.wantWrite || u.WALFlushPosition != tc.flush || u.WALApplyPosition != tc.flush {
+			if wal.LSN(u.WALWritePosition) != tc.wantWrite || wal.LSN(u.WALFlushPosition) != tc.flush || wal.LSN(u.WALApplyPosition) != tc.flush {
 				t.Errorf("write/flush/apply %s/%s/%s, want %s/%s/%s", u.WALWritePosition, u.WALFlushPosition, u.WALApplyPosition,
 					tc.wantWrite, tc.flush, tc.flush)
 			}

@@ -9,11 +9,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/walbust/walbust/internal/throwaway"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // clusterResult is part 5 (issue 8): one backlog of single-row
@@ -217,7 +217,7 @@ func (e *env) writeShardsConfig() (string, error) {
 
 // clusterDrainOne times one walbust draining slot to end, against the
 // bench's redis-server, or (crdb and args given) a cluster.
-func (e *env) clusterDrainOne(ctx context.Context, name, slot string, end pglogrepl.LSN, seed, touched []string, crdb *redis.ClusterClient, args []string) (float64, int64, error) {
+func (e *env) clusterDrainOne(ctx context.Context, name, slot string, end wal.LSN, seed, touched []string, crdb *redis.ClusterClient, args []string) (float64, int64, error) {
 	if err := e.seedFor(ctx, crdb, seed); err != nil {
 		return 0, 0, err
 	}
@@ -240,7 +240,7 @@ func (e *env) clusterDrainOne(ctx context.Context, name, slot string, end pglogr
 
 // clusterDrainShards times two walbusts, one per shard, draining their
 // slots side by side: until both have confirmed end.
-func (e *env) clusterDrainShards(ctx context.Context, run int, config string, slotOf func(int, string) string, end pglogrepl.LSN,
+func (e *env) clusterDrainShards(ctx context.Context, run int, config string, slotOf func(int, string) string, end wal.LSN,
 	seed, touched []string, shardSecs map[string]float64) (float64, int64, error) {
 	if err := e.seedFor(ctx, nil, seed); err != nil {
 		return 0, 0, err

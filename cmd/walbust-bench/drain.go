@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pglogrepl"
+	"github.com/walbust/walbust/replication/wal"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -228,7 +228,7 @@ func runDrain(ctx context.Context, e *env) (*drainResult, error) {
 
 // drainRecv times pg_recvlogical reading slot to end, with the plugin
 // options walbust uses, writing the pgoutput stream to /dev/null.
-func drainRecv(ctx context.Context, e *env, slot string, end pglogrepl.LSN, run *drainRun) error {
+func drainRecv(ctx context.Context, e *env, slot string, end wal.LSN, run *drainRun) error {
 	e.logf("part 1: pg_recvlogical draining slot %s to %s", slot, end)
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	defer cancel()
@@ -250,7 +250,7 @@ func drainRecv(ctx context.Context, e *env, slot string, end pglogrepl.LSN, run 
 // drainWalbust times walbust from process start until slot's confirmed
 // position reaches end, with every invalidation applied to Redis, then
 // checks that the keys of every changed row are gone.
-func drainWalbust(ctx context.Context, e *env, name, slot string, end pglogrepl.LSN, seed, touched []string, run *drainRun) error {
+func drainWalbust(ctx context.Context, e *env, name, slot string, end wal.LSN, seed, touched []string, run *drainRun) error {
 	if err := e.flushRedis(ctx); err != nil {
 		return err
 	}

@@ -16,12 +16,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/walbust/walbust/internal/gomod"
 	"github.com/walbust/walbust/internal/throwaway"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 const (
@@ -280,7 +280,7 @@ func (e *env) exec(ctx context.Context, sql string, args ...any) error {
 	return err
 }
 
-func (e *env) lsn(ctx context.Context, sql string, args ...any) (pglogrepl.LSN, error) {
+func (e *env) lsn(ctx context.Context, sql string, args ...any) (wal.LSN, error) {
 	var s *string
 	if err := e.db.QueryRow(ctx, sql, args...).Scan(&s); err != nil {
 		return 0, err
@@ -288,15 +288,15 @@ func (e *env) lsn(ctx context.Context, sql string, args ...any) (pglogrepl.LSN, 
 	if s == nil {
 		return 0, nil
 	}
-	return pglogrepl.ParseLSN(*s)
+	return wal.ParseLSN(*s)
 }
 
 // insertLSN is the end of all WAL written so far, committed or not.
-func (e *env) insertLSN(ctx context.Context) (pglogrepl.LSN, error) {
+func (e *env) insertLSN(ctx context.Context) (wal.LSN, error) {
 	return e.lsn(ctx, "SELECT pg_current_wal_insert_lsn()::text")
 }
 
-func (e *env) confirmedLSN(ctx context.Context, slot string) (pglogrepl.LSN, error) {
+func (e *env) confirmedLSN(ctx context.Context, slot string) (wal.LSN, error) {
 	return e.lsn(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slot)
 }
 
@@ -304,7 +304,7 @@ func (e *env) confirmedLSN(ctx context.Context, slot string) (pglogrepl.LSN, err
 // one more transaction on a published table (the fence row, id 0, which the
 // workload never touches) so that a consumer has something to acknowledge
 // beyond it.
-func (e *env) fence(ctx context.Context) (pglogrepl.LSN, error) {
+func (e *env) fence(ctx context.Context) (wal.LSN, error) {
 	target, err := e.insertLSN(ctx)
 	if err != nil {
 		return 0, err
@@ -314,14 +314,14 @@ func (e *env) fence(ctx context.Context) (pglogrepl.LSN, error) {
 
 // waitConfirmed polls until slot's confirmed_flush_lsn reaches target, and
 // returns when it saw that. A walbust that exits meanwhile is an error.
-func (e *env) waitConfirmed(ctx context.Context, slot string, target pglogrepl.LSN, timeout, every time.Duration, w *walbust) (time.Time, error) {
+func (e *env) waitConfirmed(ctx context.Context, slot string, target wal.LSN, timeout, every time.Duration, w *walbust) (time.Time, error) {
 	conn, err := e.pg.Connect(ctx, dbName)
 	if err != nil {
 		return time.Time{}, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	deadline := time.Now().Add(timeout)
-	var last pglogrepl.LSN
+	var last wal.LSN
 	for {
 		var s *string
 		if err := conn.QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&s); err != nil {
@@ -329,7 +329,7 @@ func (e *env) waitConfirmed(ctx context.Context, slot string, target pglogrepl.L
 		}
 		now := time.Now()
 		if s != nil {
-			if last, err = pglogrepl.ParseLSN(*s); err != nil {
+			if last, err = wal.ParseLSN(*s); err != nil {
 				return time.Time{}, err
 			}
 			if last >= target {

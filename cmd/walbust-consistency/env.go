@@ -19,7 +19,7 @@ import (
 
 	"github.com/walbust/walbust/internal/gomod"
 	"github.com/walbust/walbust/internal/throwaway"
-	"github.com/walbust/walbust/protocol"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 const dbName = "app"
@@ -310,7 +310,7 @@ func (e *env) logTail(n int) string {
 // lsn runs a query returning one pg_lsn as text (NULL: 0).
 func lsn(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
-}, sql string, args ...any) (uint64, error) {
+}, sql string, args ...any) (wal.LSN, error) {
 	var s *string
 	if err := q.QueryRow(ctx, sql, args...).Scan(&s); err != nil {
 		return 0, err
@@ -318,7 +318,7 @@ func lsn(ctx context.Context, q interface {
 	if s == nil {
 		return 0, nil
 	}
-	return protocol.ParseLSN(*s)
+	return wal.ParseLSN(*s)
 }
 
 // settle waits until walbust has confirmed, and the replica has replayed,
@@ -351,7 +351,7 @@ func (e *env) settle(ctx context.Context, timeout time.Duration) (time.Duration,
 		}
 		if time.Now().After(deadline) {
 			return 0, fmt.Errorf("not settled within %v: target %s, walbust confirmed %s, replica replayed %s",
-				timeout, protocol.FormatLSN(target), protocol.FormatLSN(confirmed), protocol.FormatLSN(replayed))
+				timeout, target, confirmed, replayed)
 		}
 		select {
 		case <-ctx.Done():

@@ -4,6 +4,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // history records, per row, every committed value and when its commit
@@ -21,20 +23,20 @@ type rowHistory struct {
 	// lower[v]: a lower bound of the commit LSN of the write that made
 	// the value v; seen[v]: the largest fence LSN a load that read v had
 	// observed (mode (b), primary readers).
-	lower map[int64]uint64
-	seen  map[int64]uint64
+	lower map[int64]wal.LSN
+	seen  map[int64]wal.LSN
 }
 
 func newHistory(rows int) *history {
 	return &history{rows: make([]rowHistory, rows+1)}
 }
 
-func (h *history) committed(id int, val int64, lowerLSN uint64) {
+func (h *history) committed(id int, val int64, lowerLSN wal.LSN) {
 	r := &h.rows[id]
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.lower == nil {
-		r.lower = map[int64]uint64{}
+		r.lower = map[int64]wal.LSN{}
 	}
 	r.lower[val] = lowerLSN
 	high := val
@@ -59,12 +61,12 @@ func (h *history) required(id int, start time.Time, w time.Duration) int64 {
 	return r.high[i-1]
 }
 
-func (h *history) loaded(id int, val int64, fenceLSN uint64) {
+func (h *history) loaded(id int, val int64, fenceLSN wal.LSN) {
 	r := &h.rows[id]
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.seen == nil {
-		r.seen = map[int64]uint64{}
+		r.seen = map[int64]wal.LSN{}
 	}
 	r.seen[val] = max(r.seen[val], fenceLSN)
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/walbust/walbust/cacheaside"
 	"github.com/walbust/walbust/protocol"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // group is one quarter of the readers: a mode and a database to read.
@@ -146,7 +147,7 @@ func (w *workload) write(ctx context.Context, id int) error {
 	if a != b {
 		return fmt.Errorf("row %d: items_delete.val %d != items_fence.val %d", id, a, b)
 	}
-	lower, err := protocol.ParseLSN(before)
+	lower, err := wal.ParseLSN(before)
 	if err != nil {
 		return err
 	}

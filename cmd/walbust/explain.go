@@ -14,6 +14,7 @@ import (
 	"github.com/walbust/walbust/internal/lookup"
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // explainCommand prints what walbust would do for one row change, through
@@ -45,7 +46,7 @@ func explainCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 		return usageError{err}
 	}
 	rel, note := explainRelation(ctx, l.cfg.Postgres.URL, *table, oldRow, newRow)
-	change := replication.Change{Op: op, Relation: rel, Old: rowValues(rel, oldRow), New: rowValues(rel, newRow)}
+	change := wal.Change{Op: op, Relation: rel, Old: rowValues(rel, oldRow), New: rowValues(rel, newRow)}
 	var querier mapping.Querier
 	if hasQueries(l.reg) {
 		pool, err := lookup.New(ctx, lookup.Options{URL: l.cfg.Postgres.URL, Attempts: 1})
@@ -67,8 +68,8 @@ func explainCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 	return nil
 }
 
-func parseOp(s string) (replication.Op, error) {
-	for _, op := range []replication.Op{replication.Insert, replication.Update, replication.Delete, replication.Truncate} {
+func parseOp(s string) (wal.Op, error) {
+	for _, op := range []wal.Op{wal.Insert, wal.Update, wal.Delete, wal.Truncate} {
 		if op.String() == s {
 			return op, nil
 		}
@@ -117,7 +118,7 @@ func parseRow(flagName, s string) (map[string]*string, error) {
 // explainRelation describes the table from the database, so replica identity
 // is as in production; without a database it assumes REPLICA IDENTITY FULL
 // over the columns given.
-func explainRelation(ctx context.Context, url, table string, rows ...map[string]*string) (*replication.Relation, string) {
+func explainRelation(ctx context.Context, url, table string, rows ...map[string]*string) (*wal.Relation, string) {
 	conn, err := connectSQL(ctx, url)
 	if err == nil {
 		defer closeQuietly(ctx, conn)
@@ -132,9 +133,9 @@ func explainRelation(ctx context.Context, url, table string, rows ...map[string]
 	return synthesize(table, rows...), "note: database not reachable; assuming REPLICA IDENTITY FULL over the columns given"
 }
 
-func synthesize(table string, rows ...map[string]*string) *replication.Relation {
+func synthesize(table string, rows ...map[string]*string) *wal.Relation {
 	schema, name, _ := strings.Cut(table, ".")
-	rel := &replication.Relation{Namespace: schema, Name: name, ReplicaIdentity: 'f'}
+	rel := &wal.Relation{Namespace: schema, Name: name, ReplicaIdentity: 'f'}
 	seen := map[string]bool{}
 	var cols []string
 	for _, r := range rows {
@@ -147,33 +148,33 @@ func synthesize(table string, rows ...map[string]*string) *replication.Relation 
 	}
 	sort.Strings(cols)
 	for _, c := range cols {
-		rel.Columns = append(rel.Columns, replication.Column{Name: c, Key: true})
+		rel.Columns = append(rel.Columns, wal.Column{Name: c, Key: true})
 	}
 	return rel
 }
 
 // rowValues lays a JSON row out in relation column order; columns not given
 // are Missing, as in a key-only old image.
-func rowValues(rel *replication.Relation, row map[string]*string) []replication.Value {
+func rowValues(rel *wal.Relation, row map[string]*string) []wal.Value {
 	if row == nil {
 		return nil
 	}
-	vals := make([]replication.Value, len(rel.Columns))
+	vals := make([]wal.Value, len(rel.Columns))
 	for i, c := range rel.Columns {
 		v, ok := row[c.Name]
 		switch {
 		case !ok:
-			vals[i] = replication.Value{Kind: replication.Missing}
+			vals[i] = wal.Value{Kind: wal.Missing}
 		case v == nil:
-			vals[i] = replication.Value{Kind: replication.Null}
+			vals[i] = wal.Value{Kind: wal.Null}
 		default:
-			vals[i] = replication.Value{Kind: replication.Text, Data: []byte(*v)}
+			vals[i] = wal.Value{Kind: wal.Text, Data: []byte(*v)}
 		}
 	}
 	return vals
 }
 
-func printPlan(w io.Writer, file, table string, op replication.Op, note string, plan *mapping.Plan) {
+func printPlan(w io.Writer, file, table string, op wal.Op, note string, plan *mapping.Plan) {
 	if note != "" {
 		fmt.Fprintln(w, note)
 	}

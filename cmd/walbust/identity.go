@@ -10,6 +10,7 @@ import (
 	"github.com/walbust/walbust/checkpoint"
 	"github.com/walbust/walbust/protocol"
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Postgres exposes no identity for a replication slot (no OID, no creation
@@ -111,7 +112,7 @@ func (d *daemon) checkSlotPosition(ctx context.Context, slot *replication.SlotIn
 	return nil
 }
 
-func (d *daemon) slotAhead(slot *replication.SlotInfo, stored replication.LSN, watermark string) error {
+func (d *daemon) slotAhead(slot *replication.SlotInfo, stored wal.LSN, watermark string) error {
 	return fmt.Errorf("%w: slot %q has confirmed %s, past checkpoint %s at %s %s, and walbust never confirms a position before "+
 		"recording it in both: the slot was dropped and re-created, or advanced by hand, "+
 		"so the changes between %s and %s were never streamed by any walbust",

@@ -250,7 +250,7 @@ func (d *daemon) slotLost(ctx context.Context, cause error) error {
 		return err
 	}
 	var plan mapping.Plan
-	mapping.NewMapper(d.reload.registry(), nil).MapEverything(uint64(lsn), &plan)
+	mapping.NewMapper(d.reload.registry(), nil).MapEverything(lsn, &plan)
 	for _, p := range plan.Problems {
 		d.log.Error("resync cannot invalidate a table's keys; flush them by hand", zap.String("table", p.Table), zap.String("problem", p.Msg))
 	}

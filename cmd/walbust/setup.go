@@ -13,6 +13,7 @@ import (
 
 	"github.com/walbust/walbust/internal/validate"
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 func connectSQL(ctx context.Context, url string) (*pgx.Conn, error) {
@@ -175,7 +176,7 @@ func printSetupSQL(w io.Writer, l *loaded, targets []*loaded) error {
 func quotedTables(names []string) []string {
 	out := make([]string, len(names))
 	for i, name := range names {
-		schema, table, _ := replication.ParseQualifiedName(name) // registry names parse
+		schema, table, _ := wal.ParseQualifiedName(name) // registry names parse
 		out[i] = pgx.Identifier{schema, table}.Sanitize()
 	}
 	return out

@@ -12,6 +12,7 @@ import (
 	"github.com/walbust/walbust/checkpoint"
 	"github.com/walbust/walbust/internal/metrics"
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // statusReport is what `walbust status --json` prints.
@@ -55,7 +56,7 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	var rep statusReport
-	var current replication.LSN // 0: not known (no slot)
+	var current wal.LSN // 0: not known (no slot)
 	conn, err := connectSQL(ctx, l.cfg.Postgres.URL)
 	if err != nil {
 		return err

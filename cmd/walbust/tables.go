@@ -11,6 +11,7 @@ import (
 
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Which table each deps.yaml entry means is decided by name at the first
@@ -100,7 +101,7 @@ func publishedInto(ctx context.Context, conn replication.Querier, publication st
 		if err := rows.Scan(&schema, &table); err != nil {
 			return fmt.Errorf("list tables of publication %s: %w", publication, err)
 		}
-		set[replication.QualifiedName(schema, table)] = true
+		set[wal.QualifiedName(schema, table)] = true
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("list tables of publication %s: %w", publication, err)

@@ -16,6 +16,7 @@ import (
 	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // A mapped table that disappears (DROP TABLE) sends nothing down the
@@ -54,14 +55,14 @@ type serialApplier struct {
 	inv *invalidator.Invalidator
 }
 
-func (a *serialApplier) ApplyBatch(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
+func (a *serialApplier) ApplyBatch(ctx context.Context, lsn wal.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.inv.ApplyBatch(ctx, lsn, invs)
 }
 
 // ApplyChunk applies invs without moving the applied watermark.
-func (a *serialApplier) ApplyChunk(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
+func (a *serialApplier) ApplyChunk(ctx context.Context, lsn wal.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.inv.ApplyChunk(ctx, lsn, invs)
@@ -120,16 +121,16 @@ func (d *daemon) bindTables(ctx context.Context, conn *pgx.Conn, problems valida
 
 // currentLSN is the WAL position now: past the DROP of a table found
 // missing, so bump and fence record a version above the table's last change.
-func currentLSN(ctx context.Context, conn *pgx.Conn) (replication.LSN, error) {
+func currentLSN(ctx context.Context, conn *pgx.Conn) (wal.LSN, error) {
 	var text string
 	if err := conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&text); err != nil {
 		return 0, fmt.Errorf("current WAL position: %w", err)
 	}
-	return replication.ParseLSN(text)
+	return wal.ParseLSN(text)
 }
 
 // tablesGone applies the on_truncate rules of tables that were dropped.
-func (d *daemon) tablesGone(ctx context.Context, lsn replication.LSN, names []string, when, detail string) error {
+func (d *daemon) tablesGone(ctx context.Context, lsn wal.LSN, names []string, when, detail string) error {
 	// One registry for the whole call: a reload may swap it meanwhile, and
 	// a table it no longer names is not this call's to invalidate.
 	reg := d.reload.registry()
@@ -142,7 +143,7 @@ func (d *daemon) tablesGone(ctx context.Context, lsn replication.LSN, names []st
 		return err
 	}
 	var plan mapping.Plan
-	mapping.NewMapper(gone, nil).MapEverything(uint64(lsn), &plan)
+	mapping.NewMapper(gone, nil).MapEverything(lsn, &plan)
 	for _, name := range names {
 		t := reg.Tables[name]
 		fields := []zap.Field{zap.String("table", name), zap.String("noticed", when), zap.String("deps", fmt.Sprintf("%s:%d:%d", reg.File, t.Line, t.Column)),
@@ -231,7 +232,7 @@ func (w *tableWatcher) poll(ctx context.Context) {
 	if len(dropped) == 0 {
 		return
 	}
-	var lsn replication.LSN
+	var lsn wal.LSN
 	err = w.conn.do(ctx, func(ctx context.Context, conn *pgx.Conn) (err error) {
 		lsn, err = currentLSN(ctx, conn)
 		return err

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // every runs fn every interval until ctx ends.
@@ -66,7 +67,7 @@ func (c *lazyConn) do(ctx context.Context, fn func(context.Context, *pgx.Conn) e
 type slotWatcher struct {
 	d        *daemon
 	conn     lazyConn
-	lastLSN  replication.LSN
+	lastLSN  wal.LSN
 	lastTime time.Time
 	warned   string
 }
@@ -92,7 +93,7 @@ func (w *slotWatcher) poll(ctx context.Context) {
 func (w *slotWatcher) progress() {
 	st := w.d.metrics.Snapshot()
 	now := time.Now()
-	confirmed, _ := replication.ParseLSN(st.ConfirmedLSN)
+	confirmed, _ := wal.ParseLSN(st.ConfirmedLSN)
 	defer func() { w.lastLSN, w.lastTime = confirmed, now }()
 	if st.LagBytes < 16<<20 || w.lastTime.IsZero() || confirmed < w.lastLSN {
 		return

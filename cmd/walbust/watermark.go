@@ -11,6 +11,7 @@ import (
 	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/protocol"
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Every walbust records in Redis how far it applied a slot's changes (the
@@ -31,7 +32,7 @@ const watermarkRetry = 2 * time.Second
 // applied batch) in Redis, then in the checkpoint file: the streamer
 // confirms it only when both succeeded, so a peer never finds the slot past
 // the watermark. One attempt: the streamer tries again at its next report.
-func (d *daemon) saveIdle(lsn replication.LSN) error {
+func (d *daemon) saveIdle(lsn wal.LSN) error {
 	ctx, cancel := context.WithTimeout(context.Background(), watermarkTimeout)
 	defer cancel()
 	if err := d.inv.SaveWatermark(ctx, lsn); err != nil {
@@ -43,7 +44,7 @@ func (d *daemon) saveIdle(lsn replication.LSN) error {
 // covered is what the watermark says about a slot ahead of the checkpoint.
 type covered struct {
 	ok   bool
-	mark replication.LSN
+	mark wal.LSN
 	why  string // when not ok: what the watermark was, for the slot-loss error
 }
 
@@ -51,7 +52,7 @@ type covered struct {
 // slot's confirmed position. An error means Redis did not answer: nothing
 // is decided then. A watermark beyond walFlush (the server's WAL position)
 // is another server's and is ignored.
-func (d *daemon) watermarkCovers(ctx context.Context, slot *replication.SlotInfo, walFlush replication.LSN) (covered, error) {
+func (d *daemon) watermarkCovers(ctx context.Context, slot *replication.SlotInfo, walFlush wal.LSN) (covered, error) {
 	ctx, cancel := context.WithTimeout(ctx, watermarkTimeout)
 	defer cancel()
 	key := protocol.AppliedKey(d.cfg.Postgres.Slot)
@@ -76,7 +77,7 @@ func (d *daemon) watermarkCovers(ctx context.Context, slot *replication.SlotInfo
 // it waits rather than decide, since a guess either resyncs (or refuses to
 // start) when a peer merely took over, or resumes a re-created slot. Not
 // ready meanwhile: the stream has not started.
-func (d *daemon) awaitWatermark(ctx context.Context, slot *replication.SlotInfo, stored, walFlush replication.LSN) (covered, error) {
+func (d *daemon) awaitWatermark(ctx context.Context, slot *replication.SlotInfo, stored, walFlush wal.LSN) (covered, error) {
 	start, lastLog := time.Now(), time.Time{}
 	for {
 		c, err := d.watermarkCovers(ctx, slot, walFlush)
@@ -101,7 +102,7 @@ func (d *daemon) awaitWatermark(ctx context.Context, slot *replication.SlotInfo,
 	}
 }
 
-func (d *daemon) logPeerProgress(slot *replication.SlotInfo, stored, mark replication.LSN) {
+func (d *daemon) logPeerProgress(slot *replication.SlotInfo, stored, mark wal.LSN) {
 	key := protocol.AppliedKey(d.cfg.Postgres.Slot)
 	d.log.Info(fmt.Sprintf("slot confirmed past this instance's checkpoint; another walbust applied up to %s (redis %s)", mark, key),
 		zap.String("slot", slot.Name), zap.Stringer("slot_confirmed_lsn", slot.ConfirmedFlushLSN), zap.Stringer("checkpoint_lsn", stored),

@@ -11,7 +11,7 @@ import (
 
 	"github.com/walbust/walbust/internal/pipeline"
 	"github.com/walbust/walbust/mapping"
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Metrics holds walbust's collectors on a registry of its own.
@@ -163,7 +163,7 @@ func (m *Metrics) Refenced(keys int, waited time.Duration, timedOut bool) {
 // rather than from the first change that happens to touch them.
 func (m *Metrics) InitSeries(tables []string) {
 	for _, t := range tables {
-		for _, op := range []replication.Op{replication.Insert, replication.Update, replication.Delete, replication.Truncate} {
+		for _, op := range []wal.Op{wal.Insert, wal.Update, wal.Delete, wal.Truncate} {
 			m.Changes.WithLabelValues(t, op.String())
 			m.Problems.WithLabelValues(t, op.String())
 		}

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/walbust/walbust/invalidator"
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Status is the daemon's own view of itself, served as JSON on /status.
@@ -51,9 +51,9 @@ type state struct {
 	redisDownByBatch bool
 	redisBehind      bool // redisErr is a master's replicas falling short of wait_replicas
 	stalls           map[string]Stall
-	checkpoint       replication.LSN
-	confirmed        replication.LSN
-	serverWALEnd     replication.LSN
+	checkpoint       wal.LSN
+	confirmed        wal.LSN
+	serverWALEnd     wal.LSN
 	lastCommit       time.Time
 	transactions     uint64
 }
@@ -137,7 +137,7 @@ func (m *Metrics) Recovered(cause string) {
 }
 
 // Reported implements the streamer's OnReport hook.
-func (m *Metrics) Reported(serverWALEnd, confirmed replication.LSN) {
+func (m *Metrics) Reported(serverWALEnd, confirmed wal.LSN) {
 	m.state.mu.Lock()
 	m.state.serverWALEnd, m.state.confirmed = serverWALEnd, confirmed
 	m.state.mu.Unlock()

@@ -7,9 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/walbust/walbust/replication/wal"
 	"go.uber.org/zap"
-
-	"github.com/walbust/walbust/replication"
 )
 
 // checkpointer saves the applied position in the background, so the
@@ -30,20 +29,20 @@ type checkpointer struct {
 	log      *zap.Logger
 
 	mu         sync.Mutex
-	appliedLSN replication.LSN // applied to Redis
+	appliedLSN wal.LSN // applied to Redis
 	appliedTxs uint64
-	savedLSN   replication.LSN // durably saved: the acknowledged position
+	savedLSN   wal.LSN // durably saved: the acknowledged position
 	savedTxs   uint64
 }
 
-func newCheckpointer(store Store, start replication.LSN, retryFor time.Duration, health Health, log *zap.Logger) *checkpointer {
+func newCheckpointer(store Store, start wal.LSN, retryFor time.Duration, health Health, log *zap.Logger) *checkpointer {
 	return &checkpointer{store: store, kick: make(chan struct{}, 1), interval: 100 * time.Millisecond,
 		retryFor: retryFor, health: health, log: log, appliedLSN: start, savedLSN: start}
 }
 
 // applied records that Redis acknowledged everything up to lsn, txs more
 // transactions.
-func (c *checkpointer) applied(lsn replication.LSN, txs int) {
+func (c *checkpointer) applied(lsn wal.LSN, txs int) {
 	c.mu.Lock()
 	c.appliedLSN = lsn
 	c.appliedTxs += uint64(txs)
@@ -54,7 +53,7 @@ func (c *checkpointer) applied(lsn replication.LSN, txs int) {
 	}
 }
 
-func (c *checkpointer) acknowledged() (replication.LSN, uint64) {
+func (c *checkpointer) acknowledged() (wal.LSN, uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.savedLSN, c.savedTxs

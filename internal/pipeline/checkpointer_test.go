@@ -12,18 +12,18 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/walbust/walbust/checkpoint"
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // gatedStore is a real checkpoint file whose saves wait for a go-ahead,
 // so the test controls when an fsync "finishes".
 type gatedStore struct {
 	file  *checkpoint.File
-	start chan replication.LSN // a save began, with its position
-	gate  chan error           // what the save returns (nil: it goes through)
+	start chan wal.LSN // a save began, with its position
+	gate  chan error   // what the save returns (nil: it goes through)
 }
 
-func (s *gatedStore) Save(lsn replication.LSN) error {
+func (s *gatedStore) Save(lsn wal.LSN) error {
 	s.start <- lsn
 	if err := <-s.gate; err != nil {
 		return err
@@ -36,10 +36,10 @@ func newGatedStore(t *testing.T) *gatedStore {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &gatedStore{file: f, start: make(chan replication.LSN), gate: make(chan error)}
+	return &gatedStore{file: f, start: make(chan wal.LSN), gate: make(chan error)}
 }
 
-func waitSave(t *testing.T, s *gatedStore) replication.LSN {
+func waitSave(t *testing.T, s *gatedStore) wal.LSN {
 	t.Helper()
 	select {
 	case lsn := <-s.start:

@@ -15,6 +15,7 @@ import (
 	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Source delivers committed transactions in commit order.
@@ -31,13 +32,13 @@ type Source interface {
 // another checkpoint file finds how far the slot's changes were applied;
 // ApplyChunk gets the others, and re-fences, and records nothing.
 type Applier interface {
-	ApplyBatch(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (invalidator.Stats, error)
-	ApplyChunk(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (invalidator.Stats, error)
+	ApplyBatch(ctx context.Context, lsn wal.LSN, invs []mapping.Invalidation) (invalidator.Stats, error)
+	ApplyChunk(ctx context.Context, lsn wal.LSN, invs []mapping.Invalidation) (invalidator.Stats, error)
 }
 
 // Store durably records the acknowledged position.
 type Store interface {
-	Save(lsn replication.LSN) error
+	Save(lsn wal.LSN) error
 }
 
 // Batch is what one application to Redis covered.
@@ -89,7 +90,7 @@ type Options struct {
 	Health   Health   // optional
 	Logger   *zap.Logger
 	// Checkpoint is the stored position at start.
-	Checkpoint replication.LSN
+	Checkpoint wal.LSN
 	// MaxTxChanges: see mapping.Mapper.MaxTxChanges.
 	MaxTxChanges int
 	// MaxBatchTxs caps how many queued transactions share one batch, and
@@ -191,7 +192,7 @@ func New(opts Options) *Pipeline {
 
 // Acknowledged implements replication.Acknowledger: the position applied
 // to Redis and durably checkpointed.
-func (p *Pipeline) Acknowledged() (replication.LSN, uint64) { return p.ckpt.acknowledged() }
+func (p *Pipeline) Acknowledged() (wal.LSN, uint64) { return p.ckpt.acknowledged() }
 
 // txPlan is a transaction's Sink: each row change becomes keys in plan as
 // it is decoded, and the row is forgotten.
@@ -201,7 +202,7 @@ type txPlan struct {
 	weight int64 // budget held while queued
 }
 
-func (t *txPlan) Add(c *replication.Change) { t.mapper.MapChange(c, &t.plan) }
+func (t *txPlan) Add(c *wal.Change) { t.mapper.MapChange(c, &t.plan) }
 
 // NewSink gives each transaction a plan to map into (replication.Options.NewSink).
 func (p *Pipeline) NewSink() replication.Sink {
@@ -381,7 +382,7 @@ func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, 
 		// Alone, a transaction's plan is the batch's: a huge one is not
 		// copied.
 		plan = &batch[0].Sink.(*txPlan).plan
-		plan.SetVersion(uint64(batch[0].CommitLSN))
+		plan.SetVersion(batch[0].CommitLSN)
 	} else {
 		plan.Reset()
 	}
@@ -389,7 +390,7 @@ func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, 
 	for _, tx := range batch {
 		t := tx.Sink.(*txPlan)
 		if len(batch) > 1 {
-			plan.Merge(&t.plan, uint64(tx.CommitLSN))
+			plan.Merge(&t.plan, tx.CommitLSN)
 		}
 		if t.plan.Overflowed {
 			b.Overflowed++
@@ -461,7 +462,7 @@ func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, 
 // visibility query that fails stalls the stream rather than dropping
 // invalidations: the batch is never acknowledged in between, and Health
 // hears of the stall under cause until fn succeeds.
-func (p *Pipeline) retry(ctx context.Context, end replication.LSN, cause, what string, fn func() error) error {
+func (p *Pipeline) retry(ctx context.Context, end wal.LSN, cause, what string, fn func() error) error {
 	backoff := 500 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err := fn()
@@ -490,7 +491,7 @@ func (p *Pipeline) retry(ctx context.Context, end replication.LSN, cause, what s
 // CheckRelation warns, once per table and column, when the table's replica
 // identity does not send old values that its key templates need, and once
 // when a table was renamed, swapped or is published but unmapped.
-func (p *Pipeline) CheckRelation(rel *replication.Relation) {
+func (p *Pipeline) CheckRelation(rel *wal.Relation) {
 	p.checkBinding(rel)
 	for _, gap := range p.registry().IdentityGaps(rel) {
 		id := rel.QualifiedName() + "." + gap.Name

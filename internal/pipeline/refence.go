@@ -9,19 +9,19 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/walbust/walbust/mapping"
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // ReplicaWatcher says how far every read replica has replayed (see
 // package replicas); ok is false when there are none.
 type ReplicaWatcher interface {
-	Replayed(ctx context.Context) (lsn replication.LSN, ok bool, err error)
+	Replayed(ctx context.Context) (lsn wal.LSN, ok bool, err error)
 }
 
 // A batch whose fences wait for the replicas. Batches are acknowledged in
 // order, so one without fences that follows a waiting one waits too.
 type awaitingReplicas struct {
-	end    replication.LSN
+	end    wal.LSN
 	txs    int
 	fences []mapping.Invalidation // nil: nothing to fence again
 	since  time.Time
@@ -64,7 +64,7 @@ func (r *refencer) poll(ctx context.Context) {
 			r.log.Warn("cannot read the replicas' replay positions; fenced keys are fenced again after replica_wait_max", zap.Error(err))
 			lastErr = time.Now()
 		case !ok:
-			lsn = ^replication.LSN(0) // no replicas: nothing to wait for
+			lsn = ^wal.LSN(0) // no replicas: nothing to wait for
 		}
 		r.replayed.Store(uint64(lsn))
 		select {
@@ -87,7 +87,7 @@ func (r *refencer) push(a awaitingReplicas) {
 // due pops the batches at the head of the queue that may be acknowledged
 // now, and says whether each waited the full bound.
 func (r *refencer) due(now time.Time) (out []awaitingReplicas, timedOut []bool) {
-	replayed := replication.LSN(r.replayed.Load())
+	replayed := wal.LSN(r.replayed.Load())
 	for len(r.queue) > 0 {
 		a := r.queue[0]
 		late := now.Sub(a.since) >= r.waitMax

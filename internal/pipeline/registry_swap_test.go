@@ -6,6 +6,7 @@ import (
 
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 func swapRegistry(t *testing.T, key string) *mapping.Registry {
@@ -30,10 +31,10 @@ func keys(p *mapping.Plan) []string {
 // is mapped with the registry it began with, to its end.
 func TestSwapRegistryAtTransactionBegin(t *testing.T) {
 	p := New(Options{Registry: swapRegistry(t, "old:{id}")})
-	rel := &replication.Relation{ID: 1, Namespace: "public", Name: "items", ReplicaIdentity: 'd',
-		Columns: []replication.Column{{Name: "id", Key: true}}}
-	row := func(id string) *replication.Change {
-		return &replication.Change{Op: replication.Insert, Relation: rel, New: []replication.Value{{Kind: replication.Text, Data: []byte(id)}}}
+	rel := &wal.Relation{ID: 1, Namespace: "public", Name: "items", ReplicaIdentity: 'd',
+		Columns: []wal.Column{{Name: "id", Key: true}}}
+	row := func(id string) *wal.Change {
+		return &wal.Change{Op: wal.Insert, Relation: rel, New: []wal.Value{{Kind: wal.Text, Data: []byte(id)}}}
 	}
 
 	before := p.NewSink().(*txPlan)

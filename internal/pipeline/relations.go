@@ -6,13 +6,13 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/walbust/walbust/mapping"
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // checkBinding logs how rel binds to deps.yaml when that is news: a
 // renamed table, one swapped in under a registered name, or a published
 // table that no rule maps.
-func (p *Pipeline) checkBinding(rel *replication.Relation) {
+func (p *Pipeline) checkBinding(rel *wal.Relation) {
 	for _, n := range p.mapper.Relation(rel) {
 		fields := []zap.Field{zap.String("relation", rel.QualifiedName()), zap.Uint32("oid", rel.ID)}
 		if n.Table != nil {

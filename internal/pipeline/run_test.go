@@ -10,6 +10,7 @@ import (
 	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // fakeSource delivers txs, then waits for ctx like a caught-up stream.
@@ -42,7 +43,7 @@ type fakeApplier struct {
 	applied atomic.Int64
 }
 
-func (a *fakeApplier) ApplyBatch(ctx context.Context, _ replication.LSN, _ []mapping.Invalidation) (invalidator.Stats, error) {
+func (a *fakeApplier) ApplyBatch(ctx context.Context, _ wal.LSN, _ []mapping.Invalidation) (invalidator.Stats, error) {
 	if a.failing.Load() {
 		<-ctx.Done()
 		return invalidator.Stats{}, ctx.Err()
@@ -51,14 +52,14 @@ func (a *fakeApplier) ApplyBatch(ctx context.Context, _ replication.LSN, _ []map
 	return invalidator.Stats{Attempts: 1}, nil
 }
 
-func (a *fakeApplier) ApplyChunk(ctx context.Context, lsn replication.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
+func (a *fakeApplier) ApplyChunk(ctx context.Context, lsn wal.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
 	return a.ApplyBatch(ctx, lsn, invs)
 }
 
 // failingStore never saves.
 type failingStore struct{ saves atomic.Int64 }
 
-func (s *failingStore) Save(replication.LSN) error {
+func (s *failingStore) Save(wal.LSN) error {
 	s.saves.Add(1)
 	return errors.New("no space left on device")
 }
@@ -89,13 +90,13 @@ func newRunPipeline(t *testing.T, o Options) (*Pipeline, *fakeSource) {
 	o.Registry = reg
 	p := New(o)
 	src := &fakeSource{}
-	rel := &replication.Relation{ID: 1, Namespace: "public", Name: "products",
-		Columns: []replication.Column{{Name: "id", Key: true}, {Name: "category_id"}}}
+	rel := &wal.Relation{ID: 1, Namespace: "public", Name: "products",
+		Columns: []wal.Column{{Name: "id", Key: true}, {Name: "category_id"}}}
 	for i := 1; i <= 3; i++ {
-		tx := &replication.Transaction{Xid: uint32(i), EndLSN: replication.LSN(i * 100), CommitLSN: replication.LSN(i*100 - 1), CommitTime: time.Now()}
+		tx := &replication.Transaction{Xid: uint32(i), EndLSN: wal.LSN(i * 100), CommitLSN: wal.LSN(i*100 - 1), CommitTime: time.Now()}
 		tx.Sink = p.NewSink()
-		tx.Sink.Add(&replication.Change{Op: replication.Insert, Relation: rel,
-			New: []replication.Value{{Kind: replication.Text, Data: []byte("1")}, {Kind: replication.Text, Data: []byte("7")}}})
+		tx.Sink.Add(&wal.Change{Op: wal.Insert, Relation: rel,
+			New: []wal.Value{{Kind: wal.Text, Data: []byte("1")}, {Kind: wal.Text, Data: []byte("7")}}})
 		src.txs = append(src.txs, tx)
 	}
 	return p, src
@@ -206,7 +207,7 @@ func (q *flakyQuerier) Lookup(ctx context.Context, sql string, args []any) ([]st
 
 type memStore struct{ lsn atomic.Uint64 }
 
-func (s *memStore) Save(lsn replication.LSN) error {
+func (s *memStore) Save(lsn wal.LSN) error {
 	s.lsn.Store(uint64(lsn))
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // callLog records which Applier method saw which batch end.
@@ -31,12 +32,12 @@ func (c *callLog) get() []string {
 	return slices.Clone(c.calls)
 }
 
-func (c *callLog) ApplyBatch(_ context.Context, lsn replication.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
+func (c *callLog) ApplyBatch(_ context.Context, lsn wal.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
 	c.add(fmt.Sprintf("batch %s %d", lsn, len(invs)))
 	return invalidator.Stats{Attempts: 1}, nil
 }
 
-func (c *callLog) ApplyChunk(_ context.Context, lsn replication.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
+func (c *callLog) ApplyChunk(_ context.Context, lsn wal.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
 	c.add(fmt.Sprintf("chunk %s %d", lsn, len(invs)))
 	return invalidator.Stats{Attempts: 1}, nil
 }

@@ -8,12 +8,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/walbust/walbust/replication/wal"
 )
-
-// LSN is a position in the write-ahead log.
-type LSN = pglogrepl.LSN
 
 // Options says which replicas to watch.
 type Options struct {
@@ -56,9 +53,9 @@ func New(opts Options) *Watcher {
 // A replica that cannot be asked, or that the primary stopped listing
 // recently, counts as having replayed nothing: the caller then waits for
 // its bound. With no replica at all it returns ok=false.
-func (w *Watcher) Replayed(ctx context.Context) (lsn LSN, ok bool, err error) {
-	lowest, any := LSN(0), false
-	note := func(l LSN) {
+func (w *Watcher) Replayed(ctx context.Context) (lsn wal.LSN, ok bool, err error) {
+	lowest, any := wal.LSN(0), false
+	note := func(l wal.LSN) {
 		if !any || l < lowest {
 			lowest = l
 		}
@@ -118,7 +115,7 @@ WHERE s.slot_type IS DISTINCT FROM 'logical'`)
 			if err := rows.Scan(&name, &lsn); err != nil {
 				return err
 			}
-			l, err := pglogrepl.ParseLSN(lsn)
+			l, err := wal.ParseLSN(lsn)
 			if err != nil {
 				return fmt.Errorf("replay_lsn of %s: %w", name, err)
 			}
@@ -137,7 +134,7 @@ WHERE s.slot_type IS DISTINCT FROM 'logical'`)
 // unique: two standbys on one host may both be "walreceiver".
 type listedReplica struct {
 	name string
-	lsn  LSN
+	lsn  wal.LSN
 }
 
 // conn is a connection opened on first use and again after a failure.
@@ -168,7 +165,7 @@ func (c *conn) do(ctx context.Context, fn func(context.Context, *pgx.Conn) error
 
 // replayLSN asks a replica how far it has replayed; one that is not in
 // recovery (promoted, or not a replica) has replayed nothing we can use.
-func (c *conn) replayLSN(ctx context.Context) (LSN, error) {
+func (c *conn) replayLSN(ctx context.Context) (wal.LSN, error) {
 	var lsn *string
 	err := c.do(ctx, func(ctx context.Context, cc *pgx.Conn) error {
 		return cc.QueryRow(ctx, `SELECT pg_last_wal_replay_lsn()::text`).Scan(&lsn)
@@ -179,7 +176,7 @@ func (c *conn) replayLSN(ctx context.Context) (LSN, error) {
 	if lsn == nil {
 		return 0, fmt.Errorf("replica is not in recovery (pg_last_wal_replay_lsn() is NULL)")
 	}
-	l, err := pglogrepl.ParseLSN(*lsn)
+	l, err := wal.ParseLSN(*lsn)
 	if err != nil {
 		return 0, fmt.Errorf("replica replay position %q: %w", *lsn, err)
 	}

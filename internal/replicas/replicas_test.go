@@ -7,10 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pglogrepl"
-
 	"github.com/walbust/walbust/internal/replicas"
 	"github.com/walbust/walbust/internal/throwaway"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // startPair starts a primary and a streaming replica that applies WAL
@@ -38,7 +37,7 @@ func startPair(t *testing.T, ctx context.Context) (primary, replica *throwaway.P
 	return primary, replica
 }
 
-func currentLSN(t *testing.T, ctx context.Context, pg *throwaway.Postgres) pglogrepl.LSN {
+func currentLSN(t *testing.T, ctx context.Context, pg *throwaway.Postgres) wal.LSN {
 	t.Helper()
 	conn, err := pg.Connect(ctx, "postgres")
 	if err != nil {
@@ -57,7 +56,7 @@ func currentLSN(t *testing.T, ctx context.Context, pg *throwaway.Postgres) pglog
 	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&s); err != nil {
 		t.Fatal(err)
 	}
-	lsn, err := pglogrepl.ParseLSN(s)
+	lsn, err := wal.ParseLSN(s)
 	if err != nil {
 		t.Fatal(err)
 	}

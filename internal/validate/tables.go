@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walbust/walbust/mapping"
-	"github.com/walbust/walbust/replication"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Option adjusts what Registry knows beyond the catalog.
@@ -58,7 +58,7 @@ func unmapped(reg *mapping.Registry, published map[string]bool) []string {
 // partition whose parent is published arrives as the parent, and a
 // publication made without publish_via_partition_root lists a parent's
 // partitions instead of the parent.
-func notPublished(ctx context.Context, conn *pgx.Conn, rel *replication.Relation, publication string, published map[string]bool) (string, error) {
+func notPublished(ctx context.Context, conn *pgx.Conn, rel *wal.Relation, publication string, published map[string]bool) (string, error) {
 	name := rel.QualifiedName()
 	ancestors, err := partitionRelatives(ctx, conn, rel.ID, `pg_partition_ancestors($1::oid::regclass)`)
 	if err != nil {
@@ -92,7 +92,7 @@ JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (string, error) {
 		var schema, table string
 		err := row.Scan(&schema, &table)
-		return replication.QualifiedName(schema, table), err
+		return wal.QualifiedName(schema, table), err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("look up partitions of table %d: %w", oid, err)
