@@ -30,7 +30,7 @@ const (
 type Backoff struct {
 	Initial time.Duration
 	Max     time.Duration // cap; 0: none
-	Factor  float64       // growth per Next; 0: 2
+	Factor  float64       // growth per Next, at least 1; 0: 2
 	Jitter  Jitter
 
 	cur time.Duration // next un-jittered delay; 0: Initial
