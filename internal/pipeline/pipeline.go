@@ -463,7 +463,9 @@ func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, 
 // retry runs fn until it succeeds or ctx ends, with backoff. A lookup or
 // visibility query that fails stalls the stream rather than dropping
 // invalidations: the batch is never acknowledged in between, and Health
-// hears of the stall under cause until fn succeeds.
+// hears of the stall under cause until fn succeeds. It is the only retry
+// of those queries: lookup.Pool and visibility.Checker try once, so a
+// failure reaches Health at once instead of after an inner loop.
 func (p *Pipeline) retry(ctx context.Context, end replication.LSN, cause, what string, fn func() error) error {
 	backoff := retry.Backoff{Initial: 500 * time.Millisecond, Max: 30 * time.Second}
 	for attempt := 1; ; attempt++ {
