@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"time"
 
+	"github.com/walbust/walbust/internal/retry"
 	"github.com/walbust/walbust/protocol"
 	"github.com/walbust/walbust/replication/wal"
 )
@@ -21,7 +21,7 @@ const maxFillAttempts = 3
 // observe (as a lease), load, compare-and-set.
 func (c *Client) fill(ctx context.Context, key string, load LoadFunc) (result, error) {
 	deadline := time.Now().Add(c.opts.LeaseWait)
-	backoff := 5 * time.Millisecond
+	backoff := retry.Backoff{Initial: 5 * time.Millisecond, Max: 50 * time.Millisecond, Factor: 1.5, Jitter: retry.Equal}
 	waited := false
 	for attempt := 0; ; {
 		token := protocol.NewToken()
@@ -48,12 +48,8 @@ func (c *Client) fill(ctx context.Context, key string, load LoadFunc) (result, e
 				waited = true
 				c.n.leaseWaits.Add(1)
 			}
-			wait := backoff/2 + rand.N(backoff/2+1)
-			backoff = min(backoff*3/2, 50*time.Millisecond)
-			select {
-			case <-ctx.Done():
-				return result{}, fmt.Errorf("cacheaside: waiting for the lease on %q: %w", key, ctx.Err())
-			case <-time.After(min(wait, time.Until(deadline)+time.Millisecond)):
+			if err := retry.Sleep(ctx, min(backoff.Next(), time.Until(deadline)+time.Millisecond)); err != nil {
+				return result{}, fmt.Errorf("cacheaside: waiting for the lease on %q: %w", key, err)
 			}
 			continue
 		case dec.Kind == protocol.KindLease:

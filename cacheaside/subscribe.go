@@ -8,6 +8,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/walbust/walbust/internal/retry"
 	"github.com/walbust/walbust/protocol"
 )
 
@@ -16,20 +17,17 @@ import (
 // sign of trouble; every (re)subscription starts it empty, because events
 // published while it was not listening are lost.
 func (c *Client) subscribe(ctx context.Context) {
-	backoff := 100 * time.Millisecond
+	backoff := retry.Backoff{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
 	for ctx.Err() == nil {
 		ps := c.rdb.Subscribe(ctx, c.opts.L1.Channel)
 		if c.listen(ctx, ps) {
-			backoff = 100 * time.Millisecond
+			// It worked: this failure is a new one.
+			backoff.Reset()
 		}
 		_ = ps.Close()
 		c.l1.reset(false)
 		c.n.l1Resets.Add(1)
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
+		_ = retry.Sleep(ctx, backoff.Next()) // the loop checks ctx
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/walbust/walbust/internal/retry"
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/protocol"
 	"github.com/walbust/walbust/replication/wal"
@@ -176,6 +176,8 @@ func (iv *Invalidator) apply(ctx context.Context, invs []mapping.Invalidation, e
 		if isNoScript(err) {
 			// Redis restarted or SCRIPT FLUSH ran: EVALSHA inside a pipeline
 			// does not fall back to EVAL, so load the scripts and go again.
+			// Not a nested retry: it happens at most once per attempt, at
+			// once, because go-redis needs it; waiting is retrying's job.
 			if err = iv.loadScripts(ctx); err == nil {
 				*st = Stats{Attempts: st.Attempts} // count the keys once
 				err = iv.applyOnce(ctx, invs, event, mark, st)
@@ -189,7 +191,7 @@ func (iv *Invalidator) apply(ctx context.Context, invs []mapping.Invalidation, e
 // jittered exponential backoff; what and n describe it in logs.
 func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt func(*Stats) error) (Stats, error) {
 	var st Stats
-	backoff := 50 * time.Millisecond
+	backoff := retry.Backoff{Initial: 50 * time.Millisecond, Max: iv.opts.MaxBackoff, Jitter: retry.Equal}
 	var lastLog time.Time
 	for {
 		st = Stats{Attempts: st.Attempts + 1}
@@ -219,13 +221,9 @@ func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt
 			iv.log.Warn(msg, zap.Error(err), zap.Int("attempt", st.Attempts), zap.Int("invalidations", n))
 			lastLog = time.Now()
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		select {
-		case <-ctx.Done():
-			return st, fmt.Errorf("%s of %d invalidations: %w (last error: %v)", what, n, ctx.Err(), err)
-		case <-time.After(wait):
+		if serr := retry.Sleep(ctx, backoff.Next()); serr != nil {
+			return st, fmt.Errorf("%s of %d invalidations: %w (last error: %v)", what, n, serr, err)
 		}
-		backoff = min(backoff*2, iv.opts.MaxBackoff)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strings"
 	"time"
 
@@ -13,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/walbust/walbust/replication/wal"
 	"go.uber.org/zap"
+
+	"github.com/walbust/walbust/internal/retry"
 )
 
 // Acknowledger reports how far the consumer of the stream has durably
@@ -117,7 +118,7 @@ var ErrSlotLost = errors.New("replication slot lost")
 // error occurs. The connection stays open afterwards so Close can report the
 // final position.
 func (s *Streamer) Stream(ctx context.Context, out chan<- *Transaction, ack Acknowledger) error {
-	backoff := time.Second
+	backoff := retry.Backoff{Initial: time.Second, Max: 10 * time.Second, Jitter: retry.Equal}
 	for {
 		err := s.session(ctx, out, ack)
 		if ctx.Err() != nil {
@@ -131,18 +132,18 @@ func (s *Streamer) Stream(ctx context.Context, out chan<- *Transaction, ack Ackn
 		if isSlotInUse(err) {
 			// A standby waiting for the active instance's slot: poll often so
 			// a takeover happens within seconds.
-			level, backoff = zap.InfoLevel, time.Second
+			level = zap.InfoLevel
+			backoff.Reset()
 		}
-		wait := jitter(backoff)
+		wait := backoff.Next()
 		s.log.Check(level, "replication interrupted; reconnecting").Write(zap.Error(err), zap.Duration("retry_in", wait))
-		select {
-		case <-ctx.Done():
+		if retry.Sleep(ctx, wait) != nil {
 			return nil
-		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, 10*time.Second)
 		if err == nil || s.lastServerMsg.After(time.Now().Add(-time.Minute)) {
-			backoff = time.Second
+			// The session worked for a while: this is a new outage, not
+			// the same one going on.
+			backoff.Reset()
 		}
 	}
 }
@@ -468,8 +469,4 @@ func isSlotLoss(e *pgconn.PgError) bool {
 func isSlotInUse(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "55006"
-}
-
-func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
 }

@@ -49,7 +49,7 @@ func explainCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 	change := wal.Change{Op: op, Relation: rel, Old: rowValues(rel, oldRow), New: rowValues(rel, newRow)}
 	var querier mapping.Querier
 	if hasQueries(l.reg) {
-		pool, err := lookup.New(ctx, lookup.Options{URL: l.cfg.Postgres.URL, Attempts: 1})
+		pool, err := lookup.New(ctx, lookup.Options{URL: l.cfg.Postgres.URL})
 		if err != nil {
 			return err
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
+	"github.com/walbust/walbust/internal/retry"
 	"github.com/walbust/walbust/replication"
 )
 
@@ -52,7 +53,7 @@ func (d *daemon) publicationLostError(cause error) error {
 // walbust retries rather than exiting.
 func (d *daemon) awaitPublication(ctx context.Context) error {
 	pub := d.cfg.Postgres.Publication
-	backoff := time.Second
+	backoff := retry.Backoff{Initial: time.Second, Max: 5 * time.Second}
 	for attempt := 1; ; attempt++ {
 		problem, err := d.publicationProblem(ctx)
 		if err == nil && problem == "" {
@@ -63,15 +64,13 @@ func (d *daemon) awaitPublication(ctx context.Context) error {
 			problem = err.Error()
 		}
 		d.metrics.Stalled("publication", fmt.Errorf("%s; run `walbust setup`", problem))
+		wait := backoff.Next()
 		d.log.Error("cannot re-create the replication slot yet: waiting for the publication (not ready)",
 			zap.String("publication", pub), zap.String("problem", problem), zap.String("fix", "run `walbust setup`"),
-			zap.Int("attempt", attempt), zap.Duration("retry_in", backoff))
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
+			zap.Int("attempt", attempt), zap.Duration("retry_in", wait))
+		if err := retry.Sleep(ctx, wait); err != nil {
+			return err
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 

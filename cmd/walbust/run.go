@@ -86,7 +86,7 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error
 	}
 	// Always, even without lookup queries: a reload may add the first one,
 	// and the pool connects only on first use.
-	pool, err := lookup.New(ctx, lookup.Options{URL: l.cfg.Postgres.URL, Logger: l.log.Named("lookup"),
+	pool, err := lookup.New(ctx, lookup.Options{URL: l.cfg.Postgres.URL,
 		OnError: func(error) { d.metrics.LookupErrors.Inc() }})
 	if err != nil {
 		return err

@@ -1,16 +1,15 @@
 // Package lookup runs the queries of derived deps.yaml rules against
-// Postgres on a small pool, with a statement timeout and retries.
+// Postgres on a small pool, with a statement timeout. It does not retry:
+// the pipeline retries the batch's lookups, reporting the stall to Health.
 package lookup
 
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"go.uber.org/zap"
 
 	"github.com/walbust/walbust/replication"
 )
@@ -20,9 +19,7 @@ type Options struct {
 	URL              string
 	MaxConns         int32
 	StatementTimeout time.Duration
-	Attempts         int // tries per lookup before giving up
-	Logger           *zap.Logger
-	// OnError is called for every failed attempt (for metrics).
+	// OnError is called for every failed lookup (for metrics).
 	OnError func(error)
 }
 
@@ -39,12 +36,6 @@ func New(ctx context.Context, opts Options) (*Pool, error) {
 	}
 	if opts.StatementTimeout <= 0 {
 		opts.StatementTimeout = 5 * time.Second
-	}
-	if opts.Attempts <= 0 {
-		opts.Attempts = 3
-	}
-	if opts.Logger == nil {
-		opts.Logger = zap.NewNop()
 	}
 	cfg, err := pgxpool.ParseConfig(opts.URL)
 	if err != nil {
@@ -69,30 +60,21 @@ func (p *Pool) Close() { p.pool.Close() }
 
 // Lookup implements mapping.Querier: it returns the result in text form, the
 // way pgoutput prints row values, so keys render identically.
+//
+// One attempt: the caller's retry (the pipeline's) is the only one, so a
+// failing query stalls the stream, visibly, from its first failure. No
+// re-dial is needed for a connection the server closed meanwhile either:
+// pgxpool pings a connection idle for over a second before handing it out
+// and replaces it if the ping fails.
 func (p *Pool) Lookup(ctx context.Context, sql string, args []any) ([]string, [][][]byte, error) {
-	var err error
-	backoff := 100 * time.Millisecond
-	for attempt := 1; attempt <= p.opts.Attempts; attempt++ {
-		var cols []string
-		var rows [][][]byte
-		cols, rows, err = p.lookupOnce(ctx, sql, args)
-		if err == nil {
-			return cols, rows, nil
-		}
+	cols, rows, err := p.lookupOnce(ctx, sql, args)
+	if err != nil {
 		if p.opts.OnError != nil {
 			p.opts.OnError(err)
 		}
-		if ctx.Err() != nil || attempt == p.opts.Attempts {
-			break
-		}
-		p.opts.Logger.Warn("lookup query failed; retrying", zap.Error(err), zap.Int("attempt", attempt))
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
-		}
-		backoff *= 2
+		return nil, nil, err
 	}
-	return nil, nil, err
+	return cols, rows, nil
 }
 
 func (p *Pool) lookupOnce(ctx context.Context, sql string, args []any) ([]string, [][][]byte, error) {

@@ -3,12 +3,13 @@ package pipeline
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"time"
 
-	"github.com/walbust/walbust/replication/wal"
 	"go.uber.org/zap"
+
+	"github.com/walbust/walbust/internal/retry"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // checkpointer saves the applied position in the background, so the
@@ -87,7 +88,7 @@ func (c *checkpointer) run(ctx context.Context) error {
 // Redis keeps being invalidated meanwhile; only acknowledgements stop.
 func (c *checkpointer) flushRetrying(ctx context.Context) error {
 	var first time.Time
-	backoff := 100 * time.Millisecond
+	backoff := retry.Backoff{Initial: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: retry.Equal}
 	for attempt := 1; ; attempt++ {
 		err := c.flush()
 		if err == nil {
@@ -106,16 +107,14 @@ func (c *checkpointer) flushRetrying(ctx context.Context) error {
 			return fmt.Errorf("checkpoint %s could not be saved for %s (checkpoint.retry_timeout); exiting so a supervisor restarts walbust "+
 				"once the disk is fixed: %w", storePath(c.store), failing.Round(time.Millisecond), err)
 		}
-		wait := min(backoff/2+rand.N(backoff/2+1), c.retryFor-failing)
+		// Never past retryFor, so the give-up is on time.
+		wait := min(backoff.Next(), c.retryFor-failing)
 		c.log.Error("cannot save the checkpoint; nothing is acknowledged to Postgres until it is saved, retrying",
 			zap.String("path", storePath(c.store)), zap.Error(err), zap.Int("attempt", attempt),
 			zap.Duration("failing_for", failing.Round(time.Millisecond)), zap.Duration("gives_up_after", c.retryFor), zap.Duration("retry_in", wait))
-		select {
-		case <-ctx.Done():
+		if retry.Sleep(ctx, wait) != nil {
 			return nil // the final flush in Pipeline.Run tries once more
-		case <-time.After(wait):
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/walbust/walbust/internal/retry"
 	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/replication"
@@ -430,6 +431,8 @@ func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, 
 		}
 		st, err := apply(ctx, end, *invs)
 		b.Stats.Add(st)
+		// Not retried here: the applier retries Redis failures itself until
+		// ctx ends, so a second loop would only nest.
 		if err != nil {
 			return fmt.Errorf("apply batch ending at %s: %w", end, err)
 		}
@@ -461,9 +464,11 @@ func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, 
 // retry runs fn until it succeeds or ctx ends, with backoff. A lookup or
 // visibility query that fails stalls the stream rather than dropping
 // invalidations: the batch is never acknowledged in between, and Health
-// hears of the stall under cause until fn succeeds.
+// hears of the stall under cause until fn succeeds. It is the only retry
+// of those queries: lookup.Pool and visibility.Checker try once, so a
+// failure reaches Health at once instead of after an inner loop.
 func (p *Pipeline) retry(ctx context.Context, end wal.LSN, cause, what string, fn func() error) error {
-	backoff := 500 * time.Millisecond
+	backoff := retry.Backoff{Initial: 500 * time.Millisecond, Max: 30 * time.Second}
 	for attempt := 1; ; attempt++ {
 		err := fn()
 		if err == nil {
@@ -477,14 +482,12 @@ func (p *Pipeline) retry(ctx context.Context, end wal.LSN, cause, what string, f
 		if ctx.Err() != nil {
 			return fmt.Errorf("batch ending at %s: %w", end, err)
 		}
+		wait := backoff.Next()
 		p.log.Error(what+"; batch not acknowledged, retrying", zap.Error(err), zap.String("cause", cause),
-			zap.Stringer("end_lsn", end), zap.Int("attempt", attempt), zap.Duration("retry_in", backoff))
-		select {
-		case <-ctx.Done():
+			zap.Stringer("end_lsn", end), zap.Int("attempt", attempt), zap.Duration("retry_in", wait))
+		if retry.Sleep(ctx, wait) != nil {
 			return fmt.Errorf("batch ending at %s: %w", end, err)
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 30*time.Second)
 	}
 }
 
