@@ -19,7 +19,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/walbust/walbust/internal/throwaway"
-
 	"github.com/walbust/walbust/protocol"
 )
 

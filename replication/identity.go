@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pglogrepl"
+
 	"github.com/walbust/walbust/replication/wal"
 )
 

@@ -10,10 +10,10 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-	"github.com/walbust/walbust/replication/wal"
 	"go.uber.org/zap"
 
 	"github.com/walbust/walbust/internal/retry"
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // Acknowledger reports how far the consumer of the stream has durably

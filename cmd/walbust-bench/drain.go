@@ -8,8 +8,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/walbust/walbust/replication/wal"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/walbust/walbust/replication/wal"
 )
 
 // drainResult is part 1 (backlog drain against pg_recvlogical) and the
