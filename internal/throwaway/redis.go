@@ -26,6 +26,7 @@ type Redis struct {
 	port    int
 	tlsPort int // 0 unless started with RedisTLS (see RedisTLS.nodeArgs)
 	proc    *process
+	hold    *portHold // the port while stopped (see holdPort)
 	closed  closeOnce
 }
 
@@ -74,6 +75,8 @@ func startRedis(ctx context.Context, dir string, port int, conf string, extraArg
 }
 
 func (r *Redis) start(ctx context.Context) error {
+	r.hold.release()
+	r.hold = nil
 	logFile, err := os.OpenFile(r.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("redis log: %w", err)
@@ -166,6 +169,7 @@ func (r *Redis) Stop() error {
 	if err := r.proc.stop(ctx, syscall.SIGTERM); err != nil {
 		return fmt.Errorf("stop redis: %w", err)
 	}
+	r.hold = holdPort(r.port)
 	return nil
 }
 
@@ -177,6 +181,7 @@ func (r *Redis) Kill() error {
 	if err := r.proc.stop(context.Background(), syscall.SIGKILL); err != nil {
 		return fmt.Errorf("kill redis: %w", err)
 	}
+	r.hold = holdPort(r.port)
 	return nil
 }
 
@@ -194,6 +199,8 @@ func (r *Redis) Restart(ctx context.Context) error {
 func (r *Redis) Close() error {
 	return r.closed.do(func() error {
 		stopErr := r.Stop()
+		r.hold.release()
+		r.hold = nil
 		rmErr := os.RemoveAll(r.dir)
 		if rmErr != nil && !errors.Is(rmErr, fs.ErrNotExist) {
 			rmErr = fmt.Errorf("remove redis dir: %w", rmErr)
