@@ -15,11 +15,11 @@ import (
 
 // fakeSource delivers txs, then waits for ctx like a caught-up stream.
 type fakeSource struct {
-	txs    []*replication.Transaction
+	txs    []*committed
 	closed atomic.Bool
 }
 
-func (s *fakeSource) Stream(ctx context.Context, out chan<- *replication.Transaction, _ replication.Acknowledger) error {
+func (s *fakeSource) Stream(ctx context.Context, out chan<- *committed) error {
 	for _, tx := range s.txs {
 		select {
 		case out <- tx:
@@ -31,7 +31,7 @@ func (s *fakeSource) Stream(ctx context.Context, out chan<- *replication.Transac
 	return nil
 }
 
-func (s *fakeSource) Close(context.Context, replication.Acknowledger) error {
+func (s *fakeSource) Close(context.Context) error {
 	s.closed.Store(true)
 	return nil
 }
@@ -93,8 +93,8 @@ func newRunPipeline(t *testing.T, o Options) (*Pipeline, *fakeSource) {
 	rel := &wal.Relation{ID: 1, Namespace: "public", Name: "products",
 		Columns: []wal.Column{{Name: "id", Key: true}, {Name: "category_id"}}}
 	for i := 1; i <= 3; i++ {
-		tx := &replication.Transaction{Xid: uint32(i), EndLSN: wal.LSN(i * 100), CommitLSN: wal.LSN(i*100 - 1), CommitTime: time.Now()}
-		tx.Sink = p.NewSink()
+		tx := &committed{Transaction: replication.Transaction{Xid: uint32(i), EndLSN: wal.LSN(i * 100), CommitLSN: wal.LSN(i*100 - 1), CommitTime: time.Now()}}
+		tx.Sink = p.Begin()
 		tx.Sink.Add(&wal.Change{Op: wal.Insert, Relation: rel,
 			New: []wal.Value{{Kind: wal.Text, Data: []byte("1")}, {Kind: wal.Text, Data: []byte("7")}}})
 		src.txs = append(src.txs, tx)

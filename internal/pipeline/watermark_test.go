@@ -52,8 +52,7 @@ func TestEveryBatchEndsInApplyBatch(t *testing.T) {
 	// One transaction with a row (two invalidations: its key and the
 	// lookup's), then an empty one.
 	src.txs = src.txs[:1]
-	empty := &replication.Transaction{Xid: 9, EndLSN: 500, CommitLSN: 499, CommitTime: time.Now()}
-	empty.Sink = p.NewSink()
+	empty := &committed{Transaction: replication.Transaction{Xid: 9, EndLSN: 500, CommitLSN: 499, CommitTime: time.Now()}, Sink: p.Begin()}
 	src.txs = append(src.txs, empty)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
