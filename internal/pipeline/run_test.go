@@ -15,17 +15,27 @@ import (
 
 // fakeSource delivers txs, then waits for ctx like a caught-up stream.
 type fakeSource struct {
-	txs    []*committed
+	txs []*committed
+	// pause, when set, runs before txs[i] is delivered (i > 0), so a test
+	// can hold the stream back until the applier is busy.
+	pause  func(i int)
+	sent   chan struct{} // closed once every tx is delivered, if set
 	closed atomic.Bool
 }
 
 func (s *fakeSource) Stream(ctx context.Context, out chan<- *committed) error {
-	for _, tx := range s.txs {
+	for i, tx := range s.txs {
+		if s.pause != nil && i > 0 {
+			s.pause(i)
+		}
 		select {
 		case out <- tx:
 		case <-ctx.Done():
 			return nil
 		}
+	}
+	if s.sent != nil {
+		close(s.sent)
 	}
 	<-ctx.Done()
 	return nil
