@@ -21,53 +21,59 @@ type Sink interface {
 
 // Decoder assembles pgoutput (protocol version 2) messages into committed
 // transactions, including transactions that Postgres streams while they
-// are still in progress. It keeps the relation cache, which must outlive
-// reconnects: the server only resends a Relation message when it thinks
-// we lack it.
-type Decoder struct {
+// are still in progress. Each transaction's row changes go to a sink of
+// type S as they are decoded. It keeps the relation cache, which must
+// outlive reconnects: the server only resends a Relation message when it
+// thinks we lack it.
+type Decoder[S Sink] struct {
 	relations map[uint32]*wal.Relation
-	tx        *Transaction            // the non-streamed transaction being received
-	streams   map[uint32]*Transaction // in-progress streamed transactions by xid
-	inStream  bool                    // between Stream Start and Stream Stop: ParseV2 needs to know
+	tx        *Committed[S]            // the non-streamed transaction being received
+	streams   map[uint32]*Committed[S] // in-progress streamed transactions by xid
+	inStream  bool                     // between Stream Start and Stream Stop: ParseV2 needs to know
 	streamXid uint32
-
-	// NewSink gives each transaction its Sink. Without one, the decoder
-	// keeps copies of the changes in Transaction.Changes.
-	NewSink func() Sink
+	begin     func(*Transaction) S // gives each transaction its sink
 
 	change   wal.Change // reused for every row change
 	old, new []wal.Value
 }
 
-// NewDecoder returns a Decoder with an empty relation cache.
-func NewDecoder() *Decoder {
-	return &Decoder{relations: map[uint32]*wal.Relation{}, streams: map[uint32]*Transaction{}}
+// NewDecoder returns a Decoder with an empty relation cache that keeps
+// copies of the changes in Transaction.Changes, for tools and tests that
+// want the rows themselves.
+func NewDecoder() *Decoder[Sink] {
+	return newDecoder(func(tx *Transaction) Sink { return (*collector)(tx) })
+}
+
+// NewSinkDecoder returns a Decoder with an empty relation cache that gives
+// each transaction the sink begin returns when the transaction begins.
+func NewSinkDecoder[S Sink](begin func() S) *Decoder[S] {
+	return newDecoder(func(*Transaction) S { return begin() })
+}
+
+func newDecoder[S Sink](begin func(*Transaction) S) *Decoder[S] {
+	return &Decoder[S]{relations: map[uint32]*wal.Relation{}, streams: map[uint32]*Committed[S]{}, begin: begin}
 }
 
 // InTransaction reports whether some transaction has begun and not ended.
-func (d *Decoder) InTransaction() bool { return d.tx != nil || len(d.streams) > 0 }
+func (d *Decoder[S]) InTransaction() bool { return d.tx != nil || len(d.streams) > 0 }
 
 // Reset forgets partially received transactions; used after a reconnect,
 // since the server sends them again from the start.
-func (d *Decoder) Reset() {
+func (d *Decoder[S]) Reset() {
 	d.tx, d.inStream = nil, false
 	clear(d.streams)
 }
 
-func (d *Decoder) newTransaction(xid uint32) *Transaction {
-	tx := &Transaction{Xid: xid}
-	if d.NewSink != nil {
-		tx.Sink = d.NewSink()
-	} else {
-		tx.Sink = (*collector)(tx)
-	}
+func (d *Decoder[S]) newTransaction(xid uint32) *Committed[S] {
+	tx := &Committed[S]{Transaction: Transaction{Xid: xid}}
+	tx.Sink = d.begin(&tx.Transaction)
 	return tx
 }
 
 // Decode consumes one pgoutput message. It returns the transaction when msg
 // is its commit, and the relation when msg described one (so callers can
 // check it against the registry).
-func (d *Decoder) Decode(walData []byte) (tx *Transaction, relation *wal.Relation, err error) {
+func (d *Decoder[S]) Decode(walData []byte) (tx *Committed[S], relation *wal.Relation, err error) {
 	if len(walData) == 0 {
 		return nil, nil, fmt.Errorf("empty pgoutput message")
 	}
@@ -151,7 +157,7 @@ func (d *Decoder) Decode(walData []byte) (tx *Transaction, relation *wal.Relatio
 }
 
 // current is the transaction a row change belongs to.
-func (d *Decoder) current(what string) (*Transaction, error) {
+func (d *Decoder[S]) current(what string) (*Committed[S], error) {
 	if d.inStream {
 		if tx := d.streams[d.streamXid]; tx != nil {
 			return tx, nil
@@ -167,7 +173,7 @@ func (d *Decoder) current(what string) (*Transaction, error) {
 // parse wraps pglogrepl.ParseV2 for the messages other than row changes:
 // its decoders index without bounds checks, and a malformed message must
 // become an error, not a crash.
-func (d *Decoder) parse(data []byte) (msg pglogrepl.Message, err error) {
+func (d *Decoder[S]) parse(data []byte) (msg pglogrepl.Message, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			msg, err = nil, fmt.Errorf("malformed pgoutput message (type %q, %d bytes): %v", firstByte(data), len(data), r)
@@ -190,7 +196,7 @@ func firstByte(b []byte) byte {
 	return b[0]
 }
 
-// collector is the Sink of a Decoder without NewSink: it keeps copies of
+// collector is the Sink of a Decoder from NewDecoder: it keeps copies of
 // the changes, for tools and tests that want the rows themselves.
 type collector Transaction
 

@@ -51,9 +51,9 @@ var (
 )
 
 // decodeAll feeds msgs to d and returns the transactions it completes.
-func decodeAll(t *testing.T, d *replication.Decoder, msgs ...[]byte) []*replication.Transaction {
+func decodeAll(t *testing.T, d *replication.Decoder[replication.Sink], msgs ...[]byte) []*replication.Committed[replication.Sink] {
 	t.Helper()
-	var txs []*replication.Transaction
+	var txs []*replication.Committed[replication.Sink]
 	for i, m := range msgs {
 		tx, _, err := d.Decode(m)
 		if err != nil {
@@ -475,11 +475,11 @@ func validMessages() [][]byte {
 	}
 }
 
-func decodePrimed(t testing.TB, msg []byte) (*replication.Transaction, *wal.Relation, error) {
+func decodePrimed(t testing.TB, msg []byte) (*replication.Committed[replication.Sink], *wal.Relation, error) {
 	return primedDecoder(t).Decode(msg)
 }
 
-func primedDecoder(t testing.TB) *replication.Decoder {
+func primedDecoder(t testing.TB) *replication.Decoder[replication.Sink] {
 	d := replication.NewDecoder()
 	for _, m := range [][]byte{usersRelation('d'), teamsRelation(), begin()} {
 		if _, _, err := d.Decode(m); err != nil {

@@ -11,7 +11,7 @@ import (
 )
 
 // checkTransaction checks what any decoded transaction must satisfy.
-func checkTransaction(t *testing.T, tx *replication.Transaction) {
+func checkTransaction(t *testing.T, tx *replication.Committed[replication.Sink]) {
 	t.Helper()
 	for i, c := range tx.Changes {
 		if c.Relation == nil {
@@ -59,7 +59,7 @@ func FuzzDecoder(f *testing.F) {
 	f.Add([]byte{'O', 0, 0, 0, 0, 0, 0, 0, 1, 'o', 0})
 	f.Add([]byte{'Y', 0, 0, 0, 23, 'p', 'g', 0, 'i', 'n', 't', 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		var tx *replication.Transaction
+		var tx *replication.Committed[replication.Sink]
 		var rel *wal.Relation
 		var err error
 		d := primedDecoder(t)
@@ -101,7 +101,7 @@ func FuzzDecoderStream(f *testing.F) {
 			}
 			msg := data[:n:n]
 			data = data[n:]
-			var tx *replication.Transaction
+			var tx *replication.Committed[replication.Sink]
 			var err error
 			if n := allocated(func() { tx, _, err = d.Decode(msg) }); n > maxAlloc(len(msg)) {
 				t.Fatalf("a %d-byte message allocated %d bytes", len(msg), n)

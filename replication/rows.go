@@ -25,7 +25,7 @@ import (
 //
 // TupleData: Int16 n, then n columns: 'n' (NULL), 'u' (unchanged TOAST),
 // or 't' Int32 len Byte[len] (text).
-func (d *Decoder) decodeRow(data []byte) error {
+func (d *Decoder[S]) decodeRow(data []byte) error {
 	kind := data[0]
 	r := rowReader{b: data[1:]}
 	if d.inStream {
@@ -81,7 +81,7 @@ func (d *Decoder) decodeRow(data []byte) error {
 
 var rowOps = [256]wal.Op{'I': wal.Insert, 'U': wal.Update, 'D': wal.Delete}
 
-func (d *Decoder) rowError(op wal.Op, rel *wal.Relation, kind byte, err error) error {
+func (d *Decoder[S]) rowError(op wal.Op, rel *wal.Relation, kind byte, err error) error {
 	var colErr *columnError
 	if errors.As(err, &colErr) {
 		return fmt.Errorf("%s on %s: %w", op, rel.QualifiedName(), err)
@@ -89,7 +89,7 @@ func (d *Decoder) rowError(op wal.Op, rel *wal.Relation, kind byte, err error) e
 	return d.malformed(kind, err)
 }
 
-func (d *Decoder) malformed(kind byte, err error) error {
+func (d *Decoder[S]) malformed(kind byte, err error) error {
 	return fmt.Errorf("malformed pgoutput message (type %q): %w", kind, err)
 }
 

@@ -16,22 +16,28 @@ import (
 	"github.com/walbust/walbust/replication/wal"
 )
 
-// Acknowledger reports how far the consumer of the stream has durably
-// applied what it was given. Only acknowledged positions are ever reported to
-// Postgres as flushed, so the slot never releases WAL whose invalidations
-// have not reached Redis.
-type Acknowledger interface {
-	// Acknowledged returns the end LSN of the last transaction applied and
-	// saved, and how many delivered transactions have been applied in total.
-	Acknowledged() (lsn wal.LSN, applied uint64)
-}
-
-// Admitter holds transactions back until the consumer has room for them.
-type Admitter interface {
-	// TryAdmit takes room for tx if there is some now.
-	TryAdmit(tx *Transaction) bool
+// Consumer is what the stream delivers to, and everything the Streamer
+// asks of it. Its methods are called from the streaming goroutine; S is
+// the consumer's own per-transaction sink, which comes back to it in each
+// Committed transaction.
+type Consumer[S Sink] interface {
+	// Relation is told every Relation message, so its schema can be
+	// checked against what the consumer expects.
+	Relation(rel *wal.Relation)
+	// Begin gives a transaction that begins the sink its row changes go to
+	// as they are decoded (the decoder never keeps the rows).
+	Begin() S
+	// TryAdmit takes room for a committed transaction if there is some
+	// now; until it has room, a transaction is not delivered, which bounds
+	// what is queued for the consumer by more than the queue's length.
+	TryAdmit(tx *Committed[S]) bool
 	// Admit waits for room; an error means ctx ended first.
-	Admit(ctx context.Context, tx *Transaction) error
+	Admit(ctx context.Context, tx *Committed[S]) error
+	// Acknowledged returns the end LSN of the last transaction applied and
+	// saved, and how many delivered transactions have been applied in
+	// total. Only acknowledged positions are ever reported to Postgres as
+	// flushed, so the slot never releases WAL whose effects were lost.
+	Acknowledged() (lsn wal.LSN, applied uint64)
 }
 
 // Options configures a Streamer.
@@ -44,15 +50,6 @@ type Options struct {
 	// connection is dead (half-open TCP), and we reconnect.
 	ServerTimeout time.Duration
 	Logger        *zap.Logger
-	// OnRelation is called in the streaming goroutine for every Relation
-	// message, so its schema can be checked against the registry.
-	OnRelation func(*wal.Relation)
-	// NewSink gives each transaction the Sink its row changes go to (see
-	// Decoder.NewSink).
-	NewSink func() Sink
-	// Admitter, when set, bounds what is queued for the consumer in bytes
-	// and not only in transactions.
-	Admitter Admitter
 	// OnConnected is told when streaming starts (true) and stops (false).
 	OnConnected func(bool)
 	// OnReport is told the server's WAL end and the confirmed position at
@@ -70,29 +67,25 @@ type Options struct {
 }
 
 // Streamer reads a logical replication slot and delivers committed
-// transactions in commit order. It reconnects on connection failures and
-// resumes from the acknowledged position.
-type Streamer struct {
+// transactions to its Consumer in commit order. It reconnects on
+// connection failures and resumes from the acknowledged position.
+type Streamer[S Sink] struct {
 	opts Options
 	log  *zap.Logger
-	dec  *Decoder
+	to   Consumer[S]
+	dec  *Decoder[S]
 	conn *pgconn.PgConn
+	// sendStatus sends a standby status update; nil: on conn.
+	sendStatus func(context.Context, pglogrepl.StandbyStatusUpdate) error
 
-	delivered     uint64  // transactions handed to out, in total
-	lastDelivered wal.LSN // end LSN of the last transaction handed to out
-	received      wal.LSN // highest WAL position received
-	serverWALEnd  wal.LSN // highest WAL end the server reported
-	idleWALEnd    wal.LSN // server WAL end seen in a keepalive while between transactions
-	reported      wal.LSN // flush position last sent; 0 before the first
-	savedIdle     wal.LSN // highest position SaveIdle recorded
-	idleSaveFails bool    // SaveIdle failed last time: warned already
+	pos           positions
 	lastReport    time.Time
 	lastServerMsg time.Time
 }
 
-// NewStreamer returns a Streamer that will skip every transaction ending at
-// or before checkpoint: those were already applied.
-func NewStreamer(opts Options, checkpoint wal.LSN) *Streamer {
+// NewStreamer returns a Streamer that delivers to c and will skip every
+// transaction ending at or before checkpoint: those were already applied.
+func NewStreamer[S Sink](opts Options, checkpoint wal.LSN, c Consumer[S]) *Streamer[S] {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
@@ -102,9 +95,7 @@ func NewStreamer(opts Options, checkpoint wal.LSN) *Streamer {
 	if opts.ServerTimeout <= 0 {
 		opts.ServerTimeout = 3 * opts.StatusInterval
 	}
-	dec := NewDecoder()
-	dec.NewSink = opts.NewSink
-	return &Streamer{opts: opts, log: opts.Logger, dec: dec, lastDelivered: checkpoint}
+	return &Streamer[S]{opts: opts, log: opts.Logger, to: c, dec: NewSinkDecoder(c.Begin), pos: positions{lastDelivered: checkpoint}}
 }
 
 // ErrFatal marks errors that reconnecting cannot fix.
@@ -117,10 +108,10 @@ var ErrSlotLost = errors.New("replication slot lost")
 // Stream delivers committed transactions to out until ctx is done or a fatal
 // error occurs. The connection stays open afterwards so Close can report the
 // final position.
-func (s *Streamer) Stream(ctx context.Context, out chan<- *Transaction, ack Acknowledger) error {
+func (s *Streamer[S]) Stream(ctx context.Context, out chan<- *Committed[S]) error {
 	backoff := retry.Backoff{Initial: time.Second, Max: 10 * time.Second, Jitter: retry.Equal}
 	for {
-		err := s.session(ctx, out, ack)
+		err := s.session(ctx, out)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -149,7 +140,7 @@ func (s *Streamer) Stream(ctx context.Context, out chan<- *Transaction, ack Ackn
 }
 
 // session runs one connection from connect to failure or ctx done.
-func (s *Streamer) session(ctx context.Context, out chan<- *Transaction, ack Acknowledger) error {
+func (s *Streamer[S]) session(ctx context.Context, out chan<- *Committed[S]) error {
 	conn, err := Connect(ctx, s.opts.URL)
 	if err != nil {
 		return classify(err)
@@ -157,8 +148,8 @@ func (s *Streamer) session(ctx context.Context, out chan<- *Transaction, ack Ack
 	s.conn = conn
 	s.dec.Reset()
 	// Start from what is durably applied: anything after it that is still
-	// queued for the applier is skipped on arrival by lastDelivered.
-	start, _ := ack.Acknowledged()
+	// queued for the consumer is skipped on arrival (positions.replayed).
+	start, _ := s.to.Acknowledged()
 	if s.opts.BeforeStart != nil {
 		if err := s.opts.BeforeStart(ctx); err != nil {
 			return err
@@ -179,10 +170,10 @@ func (s *Streamer) session(ctx context.Context, out chan<- *Transaction, ack Ack
 	defer stopWake()
 	s.log.Info("streaming", zap.String("slot", s.opts.Slot), zap.String("publication", s.opts.Publication), zap.Stringer("start_lsn", start))
 	for {
-		if err := s.maybeReport(ctx, ack, false); err != nil {
+		if err := s.maybeReport(ctx, false); err != nil {
 			return err
 		}
-		msg, err := s.receive(ctx, ack)
+		msg, err := s.receive(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -196,7 +187,7 @@ func (s *Streamer) session(ctx context.Context, out chan<- *Transaction, ack Ack
 			return classify(fmt.Errorf("receive: %w", err))
 		}
 		s.lastServerMsg = time.Now()
-		if err := s.handle(ctx, msg, out, ack); err != nil {
+		if err := s.handle(ctx, msg, out); err != nil {
 			return err
 		}
 	}
@@ -220,9 +211,9 @@ func pluginArgs(conn *pgconn.PgConn, publication string) []string {
 // The wait is a read deadline on the connection rather than a context:
 // pgconn watches a cancellable context with a goroutine handoff on every
 // call, which cost a sixth of walbust's CPU per message when profiled.
-func (s *Streamer) receive(ctx context.Context, ack Acknowledger) (pgproto3.BackendMessage, error) {
+func (s *Streamer[S]) receive(ctx context.Context) (pgproto3.BackendMessage, error) {
 	wait := time.Until(s.lastReport.Add(s.opts.StatusInterval))
-	if _, applied := ack.Acknowledged(); s.flushPosition(ack) > s.reported || applied < s.delivered {
+	if s.pos.pending(s.acked()) {
 		wait = min(wait, 50*time.Millisecond)
 	}
 	if err := s.conn.Conn().SetReadDeadline(time.Now().Add(max(wait, time.Millisecond))); err != nil {
@@ -234,7 +225,7 @@ func (s *Streamer) receive(ctx context.Context, ack Acknowledger) (pgproto3.Back
 	return s.conn.ReceiveMessage(context.Background())
 }
 
-func (s *Streamer) handle(ctx context.Context, msg pgproto3.BackendMessage, out chan<- *Transaction, ack Acknowledger) error {
+func (s *Streamer[S]) handle(ctx context.Context, msg pgproto3.BackendMessage, out chan<- *Committed[S]) error {
 	switch m := msg.(type) {
 	case *pgproto3.CopyData:
 		if len(m.Data) == 0 {
@@ -246,12 +237,8 @@ func (s *Streamer) handle(ctx context.Context, msg pgproto3.BackendMessage, out 
 			if err != nil {
 				return fmt.Errorf("parse keepalive: %w", err)
 			}
-			walEnd := wal.LSN(ka.ServerWALEnd)
-			s.serverWALEnd = max(s.serverWALEnd, walEnd)
-			if !s.dec.InTransaction() && walEnd > s.idleWALEnd {
-				s.idleWALEnd = walEnd
-			}
-			return s.maybeReport(ctx, ack, ka.ReplyRequested)
+			s.pos.keepalive(wal.LSN(ka.ServerWALEnd), s.dec.InTransaction())
+			return s.maybeReport(ctx, ka.ReplyRequested)
 		case pglogrepl.XLogDataByteID:
 			// WALData aliases pgconn's receive buffer; it is decoded here, in
 			// this goroutine, and the decoder copies what it keeps.
@@ -259,19 +246,16 @@ func (s *Streamer) handle(ctx context.Context, msg pgproto3.BackendMessage, out 
 			if err != nil {
 				return fmt.Errorf("parse XLogData: %w", err)
 			}
-			s.serverWALEnd = max(s.serverWALEnd, wal.LSN(xld.ServerWALEnd))
-			if end := wal.LSN(xld.WALStart) + wal.LSN(len(xld.WALData)); end > s.received {
-				s.received = end
-			}
+			s.pos.data(wal.LSN(xld.WALStart), len(xld.WALData), wal.LSN(xld.ServerWALEnd))
 			tx, rel, err := s.dec.Decode(xld.WALData)
 			if err != nil {
 				return fmt.Errorf("%w: decode at %s: %v", ErrFatal, xld.WALStart, err)
 			}
-			if rel != nil && s.opts.OnRelation != nil {
-				s.opts.OnRelation(rel)
+			if rel != nil {
+				s.to.Relation(rel)
 			}
 			if tx != nil {
-				return s.deliver(ctx, tx, out, ack)
+				return s.deliver(ctx, tx, out)
 			}
 		}
 		return nil
@@ -283,16 +267,16 @@ func (s *Streamer) handle(ctx context.Context, msg pgproto3.BackendMessage, out 
 	return nil
 }
 
-// deliver hands tx to the applier, skipping transactions already applied
+// deliver hands tx to the consumer, skipping transactions already applied
 // (the server resends from the slot's confirmed position after a reconnect).
-// While the applier is busy it keeps the walsender informed, so a slow
-// Redis does not make Postgres drop the connection.
-func (s *Streamer) deliver(ctx context.Context, tx *Transaction, out chan<- *Transaction, ack Acknowledger) error {
-	if tx.EndLSN <= s.lastDelivered {
+// While the consumer is busy it keeps the walsender informed, so a slow
+// consumer does not make Postgres drop the connection.
+func (s *Streamer[S]) deliver(ctx context.Context, tx *Committed[S], out chan<- *Committed[S]) error {
+	if s.pos.replayed(tx.EndLSN) {
 		return nil
 	}
-	if s.opts.Admitter != nil && !s.opts.Admitter.TryAdmit(tx) {
-		if err := s.admit(ctx, tx, ack); err != nil {
+	if !s.to.TryAdmit(tx) {
+		if err := s.admit(ctx, tx); err != nil {
 			return err
 		}
 	}
@@ -301,14 +285,13 @@ func (s *Streamer) deliver(ctx context.Context, tx *Transaction, out chan<- *Tra
 		select {
 		case out <- tx:
 			timer.Stop()
-			s.delivered++
-			s.lastDelivered = tx.EndLSN
+			s.pos.handedOver(tx.EndLSN)
 			return nil
 		case <-ctx.Done():
 			timer.Stop()
 			return nil
 		case <-timer.C:
-			if err := s.report(ctx, ack, false); err != nil {
+			if err := s.report(ctx, false); err != nil {
 				return err
 			}
 		}
@@ -316,111 +299,89 @@ func (s *Streamer) deliver(ctx context.Context, tx *Transaction, out chan<- *Tra
 }
 
 // admit waits for room for tx, reporting to the walsender while it waits.
-func (s *Streamer) admit(ctx context.Context, tx *Transaction, ack Acknowledger) error {
+func (s *Streamer[S]) admit(ctx context.Context, tx *Committed[S]) error {
 	for {
 		actx, cancel := context.WithDeadline(ctx, s.lastReport.Add(s.opts.StatusInterval))
-		err := s.opts.Admitter.Admit(actx, tx)
+		err := s.to.Admit(actx, tx)
 		cancel()
 		if err == nil || ctx.Err() != nil {
 			return nil
 		}
-		if err := s.report(ctx, ack, false); err != nil {
+		if err := s.report(ctx, false); err != nil {
 			return err
 		}
 	}
 }
 
-// flushPosition is the LSN that is safe to confirm: the acknowledged one, or
-// the server's WAL end when everything delivered is acknowledged and no
-// transaction is half received (lets the slot advance past WAL that only
-// touched unpublished tables). It is never past what this server has
-// streamed: an acknowledged position can come from a checkpoint, and one
-// from elsewhere would make the slot skip every change up to it.
-func (s *Streamer) flushPosition(ack Acknowledger) wal.LSN {
-	lsn, applied := ack.Acknowledged()
-	if applied == s.delivered && !s.dec.InTransaction() && s.idleWALEnd > lsn {
-		lsn = s.idleWALEnd
-	}
-	return min(lsn, max(s.received, s.idleWALEnd))
+// acked is the consumer's acknowledgement, with whether a transaction is
+// half received.
+func (s *Streamer[S]) acked() acked {
+	lsn, applied := s.to.Acknowledged()
+	return acked{lsn: lsn, applied: applied, inTransaction: s.dec.InTransaction()}
 }
 
-func (s *Streamer) maybeReport(ctx context.Context, ack Acknowledger, replyRequested bool) error {
+func (s *Streamer[S]) maybeReport(ctx context.Context, replyRequested bool) error {
 	due := time.Since(s.lastReport) >= s.opts.StatusInterval
 	// New acknowledgements are reported at most every 100ms: a status
 	// update per small transaction costs the walsender as much as decoding.
-	fresh := s.flushPosition(ack) > s.reported && time.Since(s.lastReport) >= 100*time.Millisecond
+	fresh := s.pos.flush(s.acked()) > s.pos.reported && time.Since(s.lastReport) >= 100*time.Millisecond
 	if replyRequested || due || fresh {
-		return s.report(ctx, ack, due)
+		return s.report(ctx, due)
 	}
 	return nil
 }
 
 // report sends a standby status update. requestReply asks the server for a
 // keepalive, which is how a silent half-open connection gets noticed.
-func (s *Streamer) report(ctx context.Context, ack Acknowledger, requestReply bool) error {
-	flush := s.flushPosition(ack)
-	if acked, _ := ack.Acknowledged(); flush > acked && flush > s.savedIdle && s.opts.SaveIdle != nil {
-		if err := s.opts.SaveIdle(flush); err != nil {
-			// Confirming it unsaved would leave the slot ahead of the
-			// checkpoint, which the next start takes for a re-created slot.
-			if !s.idleSaveFails {
-				s.log.Warn("cannot save the idle position; confirming only the acknowledged one", zap.Stringer("lsn", flush), zap.Error(err))
-			}
-			s.idleSaveFails, flush = true, acked
-		} else {
-			s.idleSaveFails, s.savedIdle = false, flush
-		}
+func (s *Streamer[S]) report(ctx context.Context, requestReply bool) error {
+	a := s.acked()
+	flush, warn := s.pos.confirm(a, s.opts.SaveIdle)
+	if warn != nil {
+		// Confirming it unsaved would leave the slot ahead of the
+		// checkpoint, which the next start takes for a re-created slot.
+		s.log.Warn("cannot save the idle position; confirming only the acknowledged one", zap.Stringer("lsn", s.pos.flush(a)), zap.Error(warn))
 	}
-	if flush < s.reported {
-		flush = s.reported
-	}
-	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, statusUpdate(s.received, flush, requestReply))
-	if err != nil {
+	if err := s.send(ctx, statusUpdate(s.pos.received, flush, requestReply)); err != nil {
 		return fmt.Errorf("send standby status: %w", err)
 	}
-	if flush > s.reported {
+	if flush > s.pos.reported {
 		s.log.Debug("confirmed", zap.Stringer("flush_lsn", flush))
 	}
-	s.reported, s.lastReport = flush, time.Now()
+	s.pos.sent(flush)
+	s.lastReport = time.Now()
 	if s.opts.OnReport != nil {
-		s.opts.OnReport(max(s.serverWALEnd, flush), flush)
+		s.opts.OnReport(max(s.pos.serverWALEnd, flush), flush)
 	}
 	return nil
 }
 
-// statusUpdate reports received WAL as written and flush as confirmed.
-// With nothing to confirm yet (flush 0, a first start whose first
-// checkpoint is not saved) the write position is 0 too: pglogrepl sends a
-// zero flush position as the write position, which would confirm to the
-// slot everything received, saved or not.
-func statusUpdate(received, flush wal.LSN, requestReply bool) pglogrepl.StandbyStatusUpdate {
-	write := max(received, flush)
-	if flush == 0 {
-		write = 0
+func (s *Streamer[S]) send(ctx context.Context, u pglogrepl.StandbyStatusUpdate) error {
+	if s.sendStatus != nil {
+		return s.sendStatus(ctx, u)
 	}
-	return pglogrepl.StandbyStatusUpdate{WALWritePosition: pglogrepl.LSN(write), WALFlushPosition: pglogrepl.LSN(flush), WALApplyPosition: pglogrepl.LSN(flush), ReplyRequested: requestReply}
+	return pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, u)
 }
 
-func (s *Streamer) connected(up bool) {
+func (s *Streamer[S]) connected(up bool) {
 	if s.opts.OnConnected != nil {
 		s.opts.OnConnected(up)
 	}
 }
 
 // Close reports the final acknowledged position and closes the connection.
-func (s *Streamer) Close(ctx context.Context, ack Acknowledger) error {
+func (s *Streamer[S]) Close(ctx context.Context) error {
 	if s.conn == nil || s.conn.IsClosed() {
 		return nil
 	}
-	err := s.report(ctx, ack, false)
+	err := s.report(ctx, false)
 	s.closeConn()
 	return err
 }
 
 // Reported is the last flush position sent to Postgres.
-func (s *Streamer) Reported() wal.LSN { return s.reported }
+func (s *Streamer[S]) Reported() wal.LSN { return s.pos.reported }
 
-func (s *Streamer) closeConn() {
+func (s *Streamer[S]) closeConn() {
 	if s.conn != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = s.conn.Close(ctx)

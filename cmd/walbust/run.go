@@ -148,9 +148,8 @@ func (d *daemon) stream(ctx context.Context) error {
 	src := replication.NewStreamer(replication.Options{
 		URL: d.cfg.Postgres.URL, Slot: d.cfg.Postgres.Slot, Publication: d.cfg.Postgres.Publication,
 		StatusInterval: d.cfg.Postgres.StatusInterval, Logger: d.log.Named("replication"),
-		OnRelation: p.CheckRelation, NewSink: p.NewSink, Admitter: p,
 		OnConnected: d.metrics.Connected, OnReport: d.metrics.Reported, SaveIdle: d.saveIdle, BeforeStart: d.recheckSlot,
-	}, stored)
+	}, stored, p)
 	d.log.Info("starting", zap.String("version", version), zap.String("shard", d.cfg.Shard), zap.String("slot", d.cfg.Postgres.Slot),
 		zap.String("redis_mode", d.cfg.Redis.Mode),
 		zap.Stringer("checkpoint_lsn", stored), zap.String("checkpoint", d.store.Path()), zap.Int("tables", len(d.reload.registry().Tables)))

@@ -31,15 +31,14 @@ func BenchmarkDecodeAndMap(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		dec := replication.NewDecoder()
-		dec.NewSink = p.NewSink
-		var tx *replication.Transaction
+		dec := replication.NewSinkDecoder(p.Begin)
+		var tx *committed
 		for _, m := range msgs {
 			if tx, _, err = dec.Decode(m); err != nil {
 				b.Fatal(err)
 			}
 		}
-		if n := tx.Sink.(*txPlan).plan.Len(); n != rows*2+2 {
+		if n := tx.Sink.plan.Len(); n != rows*2+2 {
 			b.Fatalf("%d invalidations", n)
 		}
 		p.release(tx)

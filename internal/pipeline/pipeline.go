@@ -19,11 +19,12 @@ import (
 	"github.com/walbust/walbust/replication/wal"
 )
 
-// Source delivers committed transactions in commit order.
+// Source delivers committed transactions in commit order: a
+// replication.Streamer with this Pipeline as its Consumer (see consumer.go).
 type Source interface {
-	Stream(ctx context.Context, out chan<- *replication.Transaction, ack replication.Acknowledger) error
+	Stream(ctx context.Context, out chan<- *committed) error
 	// Close reports the final acknowledged position and disconnects.
-	Close(ctx context.Context, ack replication.Acknowledger) error
+	Close(ctx context.Context) error
 }
 
 // Applier makes Redis reflect invalidations of the batch ending at lsn and
@@ -191,69 +192,10 @@ func New(opts Options) *Pipeline {
 	return p
 }
 
-// Acknowledged implements replication.Acknowledger: the position applied
-// to Redis and durably checkpointed.
-func (p *Pipeline) Acknowledged() (wal.LSN, uint64) { return p.ckpt.acknowledged() }
-
-// txPlan is a transaction's Sink: each row change becomes keys in plan as
-// it is decoded, and the row is forgotten.
-type txPlan struct {
-	mapper *mapping.Mapper
-	plan   mapping.Plan
-	weight int64 // budget held while queued
-}
-
-func (t *txPlan) Add(c *wal.Change) { t.mapper.MapChange(c, &t.plan) }
-
-// NewSink gives each transaction a plan to map into (replication.Options.NewSink).
-func (p *Pipeline) NewSink() replication.Sink {
-	p.takeRegistry() // a transaction's begin: the one safe moment to switch
-	if t, ok := p.plans.Get().(*txPlan); ok {
-		t.mapper = p.mapper
-		return t
-	}
-	return &txPlan{mapper: p.mapper}
-}
-
-// TryAdmit implements replication.Admitter: it takes room in the queue for
-// tx's plan if there is some. A plan larger than the whole queue waits for
-// the queue to be empty.
-func (p *Pipeline) TryAdmit(tx *replication.Transaction) bool {
-	t := tx.Sink.(*txPlan)
-	w := min(int64(t.plan.Size()), p.opts.QueueBytes)
-	if !p.budget.TryAcquire(w) {
-		return false
-	}
-	t.weight = w
-	return true
-}
-
-// Admit implements replication.Admitter: it waits for room for tx's plan.
-func (p *Pipeline) Admit(ctx context.Context, tx *replication.Transaction) error {
-	t := tx.Sink.(*txPlan)
-	w := min(int64(t.plan.Size()), p.opts.QueueBytes)
-	if err := p.budget.Acquire(ctx, w); err != nil {
-		return err
-	}
-	t.weight = w
-	return nil
-}
-
-func (p *Pipeline) release(tx *replication.Transaction) {
-	t := tx.Sink.(*txPlan)
-	p.budget.Release(t.weight)
-	t.weight = 0
-	if t.plan.Size() <= 1<<20 { // a huge transaction's plan is not worth keeping around
-		t.plan.Reset()
-		p.plans.Put(t)
-	}
-	tx.Sink = nil
-}
-
 // Run streams until ctx is done (a clean stop: the batch in flight is
 // finished, saved and confirmed) or a fatal error.
 func (p *Pipeline) Run(ctx context.Context, src Source) error {
-	txs := make(chan *replication.Transaction, p.opts.QueueTxs)
+	txs := make(chan *committed, p.opts.QueueTxs)
 	// The applier outlives ctx by up to ShutdownGrace so a stop finishes
 	// what was already received instead of throwing it away.
 	applyCtx, cancelApply := context.WithCancel(context.WithoutCancel(ctx))
@@ -271,7 +213,7 @@ func (p *Pipeline) Run(ctx context.Context, src Source) error {
 	streamCtx, cancelStream := context.WithCancel(ctx)
 	defer cancelStream()
 	streamDone := make(chan error, 1)
-	go func() { streamDone <- src.Stream(streamCtx, txs, p) }()
+	go func() { streamDone <- src.Stream(streamCtx, txs) }()
 
 	var streamErr, applyErr, ckptErr error
 	select {
@@ -301,7 +243,7 @@ func (p *Pipeline) Run(ctx context.Context, src Source) error {
 
 	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := src.Close(closeCtx, p); err != nil {
+	if err := src.Close(closeCtx); err != nil {
 		p.log.Warn("could not report the final position to Postgres; it will be resent after restart", zap.Error(err))
 	}
 	lsn, _ := p.Acknowledged()
@@ -317,16 +259,15 @@ func (p *Pipeline) Run(ctx context.Context, src Source) error {
 	return nil
 }
 
-func (p *Pipeline) applyLoop(ctx context.Context, txs <-chan *replication.Transaction) error {
-	var plan mapping.Plan
-	var invs []mapping.Invalidation
-	batch := make([]*replication.Transaction, 0, p.opts.MaxBatchTxs)
+func (p *Pipeline) applyLoop(ctx context.Context, txs <-chan *committed) error {
+	var buf applyBuffers
+	batch := make([]*committed, 0, p.opts.MaxBatchTxs)
 	for {
 		var tick <-chan time.Time
 		if p.refence != nil && len(p.refence.queue) > 0 {
 			tick = time.After(5 * time.Millisecond)
 		}
-		var tx *replication.Transaction
+		var tx *committed
 		select {
 		case next, ok := <-txs:
 			if !ok {
@@ -348,7 +289,7 @@ func (p *Pipeline) applyLoop(ctx context.Context, txs <-chan *replication.Transa
 		// Take whatever else is already queued: batching when behind,
 		// immediate application when idle.
 		batch = append(batch[:0], tx)
-		size := tx.Sink.(*txPlan).plan.Size()
+		size := tx.Sink.plan.Size()
 	drain:
 		for len(batch) < p.opts.MaxBatchTxs && size < p.opts.MaxBatchBytes {
 			select {
@@ -357,12 +298,12 @@ func (p *Pipeline) applyLoop(ctx context.Context, txs <-chan *replication.Transa
 					break drain
 				}
 				batch = append(batch, next)
-				size += next.Sink.(*txPlan).plan.Size()
+				size += next.Sink.plan.Size()
 			default:
 				break drain
 			}
 		}
-		err := p.apply(ctx, batch, &plan, &invs)
+		err := p.apply(ctx, batch, &buf)
 		for _, tx := range batch {
 			p.release(tx)
 		}
@@ -377,19 +318,30 @@ func (p *Pipeline) applyLoop(ctx context.Context, txs <-chan *replication.Transa
 	}
 }
 
-func (p *Pipeline) apply(ctx context.Context, batch []*replication.Transaction, merged *mapping.Plan, invs *[]mapping.Invalidation) error {
-	plan := merged
+// applyBuffers are reused from batch to batch by the applying goroutine.
+type applyBuffers struct {
+	plan mapping.Plan // the merged plan of a batch of several
+	invs []mapping.Invalidation
+	txs  []*replication.Transaction
+}
+
+func (p *Pipeline) apply(ctx context.Context, batch []*committed, buf *applyBuffers) error {
+	plan, invs := &buf.plan, &buf.invs
 	if len(batch) == 1 {
 		// Alone, a transaction's plan is the batch's: a huge one is not
 		// copied.
-		plan = &batch[0].Sink.(*txPlan).plan
+		plan = &batch[0].Sink.plan
 		plan.SetVersion(batch[0].CommitLSN)
 	} else {
 		plan.Reset()
 	}
-	b := Batch{Txs: batch, Plan: plan}
+	buf.txs = buf.txs[:0]
 	for _, tx := range batch {
-		t := tx.Sink.(*txPlan)
+		buf.txs = append(buf.txs, &tx.Transaction)
+	}
+	b := Batch{Txs: buf.txs, Plan: plan}
+	for _, tx := range batch {
+		t := tx.Sink
 		if len(batch) > 1 {
 			plan.Merge(&t.plan, tx.CommitLSN)
 		}
@@ -488,23 +440,6 @@ func (p *Pipeline) retry(ctx context.Context, end wal.LSN, cause, what string, f
 		if retry.Sleep(ctx, wait) != nil {
 			return fmt.Errorf("batch ending at %s: %w", end, err)
 		}
-	}
-}
-
-// CheckRelation warns, once per table and column, when the table's replica
-// identity does not send old values that its key templates need, and once
-// when a table was renamed, swapped or is published but unmapped.
-func (p *Pipeline) CheckRelation(rel *wal.Relation) {
-	p.checkBinding(rel)
-	for _, gap := range p.registry().IdentityGaps(rel) {
-		id := rel.QualifiedName() + "." + gap.Name
-		if p.warned[id] {
-			continue
-		}
-		p.warned[id] = true
-		p.log.Warn("replica identity does not send old values a rule needs; UPDATEs and DELETEs will miss old keys",
-			zap.String("table", rel.QualifiedName()), zap.String("column", gap.Name), zap.Int("deps_line", gap.Line),
-			zap.String("fix", fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL", rel.QualifiedName())))
 	}
 }
 

@@ -21,7 +21,7 @@ type registrySwap struct {
 func (p *Pipeline) SwapRegistry(reg *mapping.Registry) { p.swap.next.Store(reg) }
 
 // takeRegistry switches to a swapped-in registry; called at each
-// transaction's begin (NewSink). The Mapper is replaced whole, bindings and
+// transaction's begin (Begin). The Mapper is replaced whole, bindings and
 // all, rather than changed under a transaction in flight.
 func (p *Pipeline) takeRegistry() {
 	reg := p.swap.next.Swap(nil)

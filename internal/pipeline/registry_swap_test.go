@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/walbust/walbust/mapping"
-	"github.com/walbust/walbust/replication"
 	"github.com/walbust/walbust/replication/wal"
 )
 
@@ -37,11 +36,11 @@ func TestSwapRegistryAtTransactionBegin(t *testing.T) {
 		return &wal.Change{Op: wal.Insert, Relation: rel, New: []wal.Value{{Kind: wal.Text, Data: []byte(id)}}}
 	}
 
-	before := p.NewSink().(*txPlan)
+	before := p.Begin()
 	before.Add(row("1"))
 	p.SwapRegistry(swapRegistry(t, "new:{id}"))
 	before.Add(row("2")) // same transaction, after the reload
-	after := p.NewSink().(*txPlan)
+	after := p.Begin()
 	after.Add(row("3"))
 
 	if got, want := keys(&before.plan), []string{"old:1", "old:2"}; !slices.Equal(got, want) {
@@ -52,8 +51,8 @@ func TestSwapRegistryAtTransactionBegin(t *testing.T) {
 	}
 
 	// A pooled plan is handed out with the mapper in use, not its old one.
-	p.release(&replication.Transaction{Sink: before})
-	reused := p.NewSink().(*txPlan)
+	p.release(&committed{Sink: before})
+	reused := p.Begin()
 	reused.Add(row("4"))
 	if got, want := keys(&reused.plan), []string{"new:4"}; !slices.Equal(got, want) {
 		t.Errorf("reused plan: keys %v, want %v", got, want)

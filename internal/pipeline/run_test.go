@@ -15,23 +15,33 @@ import (
 
 // fakeSource delivers txs, then waits for ctx like a caught-up stream.
 type fakeSource struct {
-	txs    []*replication.Transaction
+	txs []*committed
+	// pause, when set, runs before txs[i] is delivered (i > 0), so a test
+	// can hold the stream back until the applier is busy.
+	pause  func(i int)
+	sent   chan struct{} // closed once every tx is delivered, if set
 	closed atomic.Bool
 }
 
-func (s *fakeSource) Stream(ctx context.Context, out chan<- *replication.Transaction, _ replication.Acknowledger) error {
-	for _, tx := range s.txs {
+func (s *fakeSource) Stream(ctx context.Context, out chan<- *committed) error {
+	for i, tx := range s.txs {
+		if s.pause != nil && i > 0 {
+			s.pause(i)
+		}
 		select {
 		case out <- tx:
 		case <-ctx.Done():
 			return nil
 		}
 	}
+	if s.sent != nil {
+		close(s.sent)
+	}
 	<-ctx.Done()
 	return nil
 }
 
-func (s *fakeSource) Close(context.Context, replication.Acknowledger) error {
+func (s *fakeSource) Close(context.Context) error {
 	s.closed.Store(true)
 	return nil
 }
@@ -93,8 +103,8 @@ func newRunPipeline(t *testing.T, o Options) (*Pipeline, *fakeSource) {
 	rel := &wal.Relation{ID: 1, Namespace: "public", Name: "products",
 		Columns: []wal.Column{{Name: "id", Key: true}, {Name: "category_id"}}}
 	for i := 1; i <= 3; i++ {
-		tx := &replication.Transaction{Xid: uint32(i), EndLSN: wal.LSN(i * 100), CommitLSN: wal.LSN(i*100 - 1), CommitTime: time.Now()}
-		tx.Sink = p.NewSink()
+		tx := &committed{Transaction: replication.Transaction{Xid: uint32(i), EndLSN: wal.LSN(i * 100), CommitLSN: wal.LSN(i*100 - 1), CommitTime: time.Now()}}
+		tx.Sink = p.Begin()
 		tx.Sink.Add(&wal.Change{Op: wal.Insert, Relation: rel,
 			New: []wal.Value{{Kind: wal.Text, Data: []byte("1")}, {Kind: wal.Text, Data: []byte("7")}}})
 		src.txs = append(src.txs, tx)

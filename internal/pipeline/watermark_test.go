@@ -2,45 +2,12 @@ package pipeline
 
 import (
 	"context"
-	"fmt"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/walbust/walbust/invalidator"
-	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/replication"
-	"github.com/walbust/walbust/replication/wal"
 )
-
-// callLog records which Applier method saw which batch end.
-type callLog struct {
-	mu    sync.Mutex
-	calls []string
-}
-
-func (c *callLog) add(s string) {
-	c.mu.Lock()
-	c.calls = append(c.calls, s)
-	c.mu.Unlock()
-}
-
-func (c *callLog) get() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.Clone(c.calls)
-}
-
-func (c *callLog) ApplyBatch(_ context.Context, lsn wal.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
-	c.add(fmt.Sprintf("batch %s %d", lsn, len(invs)))
-	return invalidator.Stats{Attempts: 1}, nil
-}
-
-func (c *callLog) ApplyChunk(_ context.Context, lsn wal.LSN, invs []mapping.Invalidation) (invalidator.Stats, error) {
-	c.add(fmt.Sprintf("chunk %s %d", lsn, len(invs)))
-	return invalidator.Stats{Attempts: 1}, nil
-}
 
 // Every batch ends in ApplyBatch, which records its end as applied: a
 // batch with no invalidations too, and a chunked one only with its last
@@ -52,8 +19,7 @@ func TestEveryBatchEndsInApplyBatch(t *testing.T) {
 	// One transaction with a row (two invalidations: its key and the
 	// lookup's), then an empty one.
 	src.txs = src.txs[:1]
-	empty := &replication.Transaction{Xid: 9, EndLSN: 500, CommitLSN: 499, CommitTime: time.Now()}
-	empty.Sink = p.NewSink()
+	empty := &committed{Transaction: replication.Transaction{Xid: 9, EndLSN: 500, CommitLSN: 499, CommitTime: time.Now()}, Sink: p.Begin()}
 	src.txs = append(src.txs, empty)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
