@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/walbust/walbust/internal/daemon"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -56,7 +58,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "walbust:", err)
 	}
 	var ue usageError
-	if errors.As(err, &ue) || errors.Is(err, flag.ErrHelp) {
+	var due daemon.UsageError
+	if errors.As(err, &ue) || errors.As(err, &due) || errors.Is(err, flag.ErrHelp) {
 		os.Exit(2)
 	}
 	os.Exit(1)

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/walbust/walbust/internal/daemon"
 	"github.com/walbust/walbust/internal/validate"
 )
 
@@ -45,30 +46,14 @@ func setupPreflight(ctx context.Context, conn *pgx.Conn, targets []*loaded, w io
 	if err != nil {
 		return nil, err
 	}
-	var blocking, roleOnly []validate.ServerProblem
-	publication := false
-	for _, p := range problems {
-		switch {
-		case p.Blocks&(validate.StepPublication|validate.StepSlot) == 0:
-			fmt.Fprintln(w, "warning: postgres:", p) // run's to face, not setup's
-			continue
-		case p.RoleOnly:
-			roleOnly = append(roleOnly, p)
-		default:
-			blocking = append(blocking, p)
-		}
-		publication = publication || p.Blocks&validate.StepPublication != 0
+	v := daemon.JudgeSetup(problems)
+	for _, p := range v.Warnings {
+		fmt.Fprintln(w, "warning: postgres:", p)
 	}
-	if len(blocking) > 0 || (len(roleOnly) > 0 && publication) {
-		for _, p := range append(roleOnly, blocking...) {
-			fmt.Fprintln(w, "postgres:", p)
-		}
-		return nil, fmt.Errorf("setup changed nothing: fix the %d problem(s) above and run it again", len(blocking)+len(roleOnly))
+	for _, p := range v.Refused {
+		fmt.Fprintln(w, "postgres:", p)
 	}
-	if len(roleOnly) > 0 {
-		return fmt.Errorf("no replication slot created: %s; or run `walbust setup` as the walbust role, which finds the publication and creates the slot", roleOnly[0]), nil
-	}
-	return nil, nil
+	return v.SlotErr, v.Err
 }
 
 // teardownPublicationError names who may drop a publication the role does

@@ -11,7 +11,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/walbust/walbust/internal/config"
+	"github.com/walbust/walbust/internal/daemon"
 	"github.com/walbust/walbust/mapping"
 )
 
@@ -57,29 +59,11 @@ func loadWith(fs *flag.FlagSet, loader *config.Loader, args []string, stderr io.
 	for _, w := range loader.Warnings() {
 		log.Warn(w)
 	}
-	reg, err := loadRegistry(cfg)
+	reg, err := daemon.LoadRegistry(cfg)
 	if err != nil {
 		return nil, usageError{err}
 	}
 	return &loaded{cfg: cfg, reg: reg, log: log}, nil
-}
-
-// loadRegistry reads deps.yaml as cfg names it, keeping the shard's tables;
-// at start and on every reload.
-func loadRegistry(cfg *config.Config) (*mapping.Registry, error) {
-	reg, err := mapping.Load(cfg.Deps)
-	if err != nil {
-		return nil, fmt.Errorf("deps registry:\n%w", err)
-	}
-	if err := cfg.CheckShards(reg.Names()); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	if cfg.Tables != nil {
-		if reg, err = reg.Only(cfg.Tables); err != nil {
-			return nil, fmt.Errorf("shard %s: %w", cfg.Shard, err)
-		}
-	}
-	return reg, nil
 }
 
 // targets is what setup, validate and teardown act on: every shard when
@@ -133,6 +117,10 @@ func hasQueries(reg *mapping.Registry) bool {
 	return false
 }
 
+func connectSQL(ctx context.Context, url string) (*pgx.Conn, error) {
+	return daemon.ConnectSQL(ctx, url)
+}
+
 func closeQuietly(ctx context.Context, c interface{ Close(context.Context) error }) {
-	_ = c.Close(context.WithoutCancel(ctx))
+	daemon.CloseQuietly(ctx, c)
 }

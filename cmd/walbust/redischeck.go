@@ -4,34 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"time"
 
-	"go.uber.org/zap"
-
-	"github.com/walbust/walbust/internal/redischeck"
-	"github.com/walbust/walbust/invalidator"
-	"github.com/walbust/walbust/protocol"
+	"github.com/walbust/walbust/internal/daemon"
 )
-
-// redisCheckTimeout bounds one round of Redis checks.
-const redisCheckTimeout = 15 * time.Second
-
-// redisWaitLog is how often run repeats that Redis is still unusable.
-const redisWaitLog = 10 * time.Second
-
-func (l *loaded) redisCheck(ctx context.Context) redischeck.Report {
-	ctx, cancel := context.WithTimeout(ctx, redisCheckTimeout)
-	defer cancel()
-	r := l.cfg.Redis
-	return redischeck.Check(ctx, redischeck.Options{Registry: l.reg, Redis: invalidator.Options{
-		Mode: r.Mode, URL: r.URL, SentinelMaster: r.SentinelMaster, CAFile: r.CAFile,
-		WaitReplicas: r.WaitReplicas, EventsChannel: l.cfg.Events.Channel, Watermark: protocol.AppliedKey(l.cfg.Postgres.Slot)}})
-}
 
 // validateRedis prints the Redis checks for `walbust validate` and returns
 // how many problems they found.
 func validateRedis(ctx context.Context, w io.Writer, l *loaded) int {
-	rep := l.redisCheck(ctx)
+	rep := daemon.RedisCheck(ctx, l.cfg, l.reg)
 	for _, warn := range rep.Warnings {
 		fmt.Fprintln(w, "warning: redis:", warn)
 	}
@@ -46,59 +26,4 @@ func validateRedis(ctx context.Context, w io.Writer, l *loaded) int {
 		fmt.Fprintf(w, "redis: ok (%s; may run every command walbust sends)\n", rep.Summary)
 	}
 	return len(rep.Problems)
-}
-
-// checkRedis is run's Redis preflight: problems stop it; while Redis is
-// unusable it streams anyway (changes wait in the slot, batches retry)
-// and says so every redisWaitLog until Redis answers, then checks again.
-func (d *daemon) checkRedis(ctx context.Context) error {
-	rep := d.redisCheck(ctx)
-	if rep.Unreachable == nil {
-		return d.reportRedis(rep)
-	}
-	d.log.Error("redis is unusable; streaming anyway, holding changes until it answers", zap.String("cause", rep.Unreachable.Error()))
-	go func() {
-		start, lastLog := time.Now(), time.Now()
-		t := time.NewTicker(2 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			rep := d.redisCheck(ctx)
-			if ctx.Err() != nil {
-				return
-			}
-			if rep.Unreachable == nil {
-				d.log.Info("redis answers now", zap.Duration("after", time.Since(start).Round(time.Second)))
-				if err := d.reportRedis(rep); err != nil {
-					d.log.Error("redis checks failed: batches will fail until this is fixed", zap.Error(err))
-				}
-				return
-			}
-			if time.Since(lastLog) >= redisWaitLog {
-				d.log.Error("redis is still unusable; waiting, holding changes", zap.String("cause", rep.Unreachable.Error()),
-					zap.Duration("waiting", time.Since(start).Round(time.Second)))
-				lastLog = time.Now()
-			}
-		}
-	}()
-	return nil
-}
-
-func (d *daemon) reportRedis(rep redischeck.Report) error {
-	for _, w := range rep.Warnings {
-		d.log.Warn(w)
-	}
-	if len(rep.Problems) > 0 {
-		msg := "redis is not set up for walbust (see walbust validate):"
-		for _, p := range rep.Problems {
-			msg += "\n" + p
-		}
-		return usageError{fmt.Errorf("%s", msg)}
-	}
-	d.log.Info("redis checked", zap.String("redis", rep.Summary))
-	return nil
 }

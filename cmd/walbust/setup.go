@@ -16,14 +16,6 @@ import (
 	"github.com/walbust/walbust/replication/wal"
 )
 
-func connectSQL(ctx context.Context, url string) (*pgx.Conn, error) {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return nil, fmt.Errorf("connect to postgres: %w", replication.ExplainConnect(validate.ConnectError(err)))
-	}
-	return conn, nil
-}
-
 // setupCommand creates the publication, then the slot (in that order: see
 // replication.EnsureSlot), idempotently.
 func setupCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {

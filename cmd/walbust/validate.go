@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/walbust/walbust/internal/config"
+	"github.com/walbust/walbust/internal/daemon"
 	"github.com/walbust/walbust/internal/validate"
 )
 
@@ -29,7 +29,7 @@ func validateCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	for _, w := range l.reg.Warnings {
 		fmt.Fprintln(stdout, "warning:", w)
 	}
-	for _, w := range clusterWarnings(l) {
+	for _, w := range daemon.ClusterWarnings(l.cfg, l.reg) {
 		fmt.Fprintln(stdout, "warning:", w)
 	}
 	for _, w := range replicaWarnings(ctx, l.cfg.Redis) {
@@ -41,11 +41,11 @@ func validateCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	for _, t := range targets {
 		// What walbust run bound by OID tells a renamed table from a dropped one.
-		bound, err := resolveTables(ctx, conn, t.reg, t.cfg.Postgres.Publication, bindingsPath(t.cfg.Checkpoint.Path))
+		renamed, err := daemon.RenamedTables(ctx, conn, t.reg, t.cfg.Postgres.Publication, t.cfg.Checkpoint.Path)
 		if err != nil {
 			return err
 		}
-		problems, err := validate.Registry(ctx, conn, t.reg, t.cfg.Postgres.Publication, validate.Renamed(bound.renamed))
+		problems, err := validate.Registry(ctx, conn, t.reg, t.cfg.Postgres.Publication, validate.Renamed(renamed))
 		if err != nil {
 			return err
 		}
@@ -62,16 +62,4 @@ func validateCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		return fmt.Errorf("%s: %d problem(s); redis: %d problem(s)", l.reg.File, total, redisProblems)
 	}
 	return nil
-}
-
-// clusterWarnings are the templates that cannot be atomic in cluster mode.
-func clusterWarnings(l *loaded) []string {
-	if l.cfg.Redis.Mode != config.ModeCluster {
-		return nil
-	}
-	var out []string
-	for _, p := range validate.Cluster(l.reg) {
-		out = append(out, p.Error())
-	}
-	return out
 }

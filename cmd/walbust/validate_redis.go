@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/walbust/walbust/internal/config"
+	"github.com/walbust/walbust/internal/daemon"
 	"github.com/walbust/walbust/invalidator"
 )
 
@@ -23,7 +24,7 @@ func replicaWarnings(ctx context.Context, r config.Redis) []string {
 			"missing on the replica promoted in its place, and the stale value it removed is served again; "+
 			"remove the setting to get this mode's default, 1", r.Mode)}
 	}
-	iv, err := invalidator.New(redisOptions(r))
+	iv, err := invalidator.New(daemon.RedisOptions(r))
 	if err != nil {
 		return []string{fmt.Sprintf("cannot check redis.wait_replicas against the Redis topology: %v", err)}
 	}

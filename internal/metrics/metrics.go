@@ -9,48 +9,47 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/walbust/walbust/internal/pipeline"
-	"github.com/walbust/walbust/mapping"
+	"github.com/walbust/walbust/internal/observe"
 	"github.com/walbust/walbust/replication/wal"
 )
 
 // Metrics holds walbust's collectors on a registry of its own.
 type Metrics struct {
-	Registry *prometheus.Registry
+	registry *prometheus.Registry
 	profiles bool // serve /debug/pprof/ (see EnableProfiles)
 
-	Transactions       prometheus.Counter
-	Changes            *prometheus.CounterVec // table, op
-	UnmappedChanges    *prometheus.CounterVec // table, op
-	Keys               *prometheus.CounterVec // action, kind
-	PatternScans       prometheus.Counter
-	PatternKeys        prometheus.Counter
-	Lookups            prometheus.Counter
-	LookupErrors       prometheus.Counter
-	RedisErrors        prometheus.Counter
-	RedisRetries       prometheus.Counter
-	Problems           *prometheus.CounterVec // table, op
-	Unrendered         prometheus.Counter
-	OverflowedTxs      prometheus.Counter
-	SlotResyncs        prometheus.Counter
-	Refences           *prometheus.CounterVec // reason
-	RefencedKeys       prometheus.Counter
-	RefenceWait        prometheus.Histogram
-	HeartbeatErrors    prometheus.Counter
-	BatchTxs           prometheus.Histogram
-	BatchKeys          prometheus.Histogram
-	InvalidationLag    prometheus.Histogram
-	HeartbeatLag       prometheus.Gauge
-	CheckpointLSN      prometheus.Gauge
-	LastCommit         prometheus.Gauge
-	ReplicationLag     prometheus.Gauge
-	SlotWALStatus      *prometheus.GaugeVec // status
-	SlotSafeWALSize    prometheus.Gauge
-	MissingTables      *prometheus.GaugeVec // table
-	Ready              prometheus.Gauge
-	RedisAvailable     prometheus.Gauge
-	StreamingConnected prometheus.Gauge
-	Stalls             *prometheus.GaugeVec // cause
+	transactions       prometheus.Counter
+	changes            *prometheus.CounterVec // table, op
+	unmappedChanges    *prometheus.CounterVec // table, op
+	keys               *prometheus.CounterVec // action, kind
+	patternScans       prometheus.Counter
+	patternKeys        prometheus.Counter
+	lookups            prometheus.Counter
+	lookupErrors       prometheus.Counter
+	redisErrors        prometheus.Counter
+	redisRetries       prometheus.Counter
+	problems           *prometheus.CounterVec // table, op
+	unrendered         prometheus.Counter
+	overflowedTxs      prometheus.Counter
+	slotResyncs        prometheus.Counter
+	refences           *prometheus.CounterVec // reason
+	refencedKeys       prometheus.Counter
+	refenceWait        prometheus.Histogram
+	heartbeatErrors    prometheus.Counter
+	batchTxs           prometheus.Histogram
+	batchKeys          prometheus.Histogram
+	invalidationLag    prometheus.Histogram
+	heartbeatLag       prometheus.Gauge
+	checkpointLSN      prometheus.Gauge
+	lastCommit         prometheus.Gauge
+	replicationLag     prometheus.Gauge
+	slotWALStatus      *prometheus.GaugeVec // status
+	slotSafeWALSize    prometheus.Gauge
+	missingTables      *prometheus.GaugeVec // table
+	readyGauge         prometheus.Gauge
+	redisAvailable     prometheus.Gauge
+	streamingConnected prometheus.Gauge
+	stalls             *prometheus.GaugeVec // cause
 	reloads            reloadMetrics
 
 	version, slot string
@@ -63,49 +62,49 @@ func New(version, slot string) *Metrics {
 	r := prometheus.NewRegistry()
 	f := factory{r}
 	m := &Metrics{
-		Registry:     r,
-		Transactions: f.counter("transactions_total", "Committed transactions applied."),
-		Changes:      f.counterVec("changes_total", "Row changes of registered tables, by table and operation.", "table", "op"),
-		Keys:         f.counterVec("invalidations_total", "Invalidations sent to Redis, by action and kind (key or pattern).", "action", "kind"),
-		PatternScans: f.counter("pattern_scans_total", "Pattern rules scanned with SCAN."),
-		PatternKeys:  f.counter("pattern_keys_total", "Keys found and acted on by pattern scans."),
-		Lookups:      f.counter("lookups_total", "Lookup queries run for derived rules."),
-		LookupErrors: f.counter("lookup_errors_total", "Failed lookup query attempts."),
-		RedisErrors:  f.counter("redis_errors_total", "Failed attempts to apply a batch to Redis."),
-		RedisRetries: f.counter("redis_retries_total", "Batches that needed more than one attempt."),
-		Problems:     f.counterVec("incomplete_invalidations_total", "Changes whose keys could not all be derived (see logs).", "table", "op"),
-		Unrendered:   f.counter("unrendered_keys_total", "Keys skipped because the replica identity did not send a value they need."),
-		OverflowedTxs: f.counter("overflowed_transactions_total",
+		registry:     r,
+		transactions: f.counter("transactions_total", "Committed transactions applied."),
+		changes:      f.counterVec("changes_total", "Row changes of registered tables, by table and operation.", "table", "op"),
+		keys:         f.counterVec("invalidations_total", "Invalidations sent to Redis, by action and kind (key or pattern).", "action", "kind"),
+		patternScans: f.counter("pattern_scans_total", "Pattern rules scanned with SCAN."),
+		patternKeys:  f.counter("pattern_keys_total", "Keys found and acted on by pattern scans."),
+		lookups:      f.counter("lookups_total", "Lookup queries run for derived rules."),
+		lookupErrors: f.counter("lookup_errors_total", "Failed lookup query attempts."),
+		redisErrors:  f.counter("redis_errors_total", "Failed attempts to apply a batch to Redis."),
+		redisRetries: f.counter("redis_retries_total", "Batches that needed more than one attempt."),
+		problems:     f.counterVec("incomplete_invalidations_total", "Changes whose keys could not all be derived (see logs).", "table", "op"),
+		unrendered:   f.counter("unrendered_keys_total", "Keys skipped because the replica identity did not send a value they need."),
+		overflowedTxs: f.counter("overflowed_transactions_total",
 			"Transactions larger than max_tx_changes that fell back to on_truncate rules."),
-		SlotResyncs: f.counter("slot_resyncs_total", "Times the slot was lost and recreated (on_slot_loss: resync)."),
-		Refences: f.counterVec("refences_total",
+		slotResyncs: f.counter("slot_resyncs_total", "Times the slot was lost and recreated (on_slot_loss: resync)."),
+		refences: f.counterVec("refences_total",
 			"Batches whose fenced keys were fenced again, by reason: replayed (every replica caught up) or timeout (replica_wait_max).", "reason"),
-		RefencedKeys: f.counter("refenced_keys_total", "Keys and patterns fenced a second time after the replicas caught up."),
-		RefenceWait: f.histogram("refence_wait_seconds", "How long a batch's fences waited for the replicas.",
+		refencedKeys: f.counter("refenced_keys_total", "Keys and patterns fenced a second time after the replicas caught up."),
+		refenceWait: f.histogram("refence_wait_seconds", "How long a batch's fences waited for the replicas.",
 			[]float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}),
-		HeartbeatErrors: f.counter("heartbeat_errors_total", "Failed heartbeat emissions."),
-		BatchTxs:        f.histogram("batch_transactions", "Transactions per Redis batch.", prometheus.ExponentialBuckets(1, 4, 8)),
-		BatchKeys:       f.histogram("batch_invalidations", "Invalidations per Redis batch.", prometheus.ExponentialBuckets(1, 4, 10)),
-		InvalidationLag: f.histogram("invalidation_lag_seconds", "Commit time to Redis acknowledgement.",
+		heartbeatErrors: f.counter("heartbeat_errors_total", "Failed heartbeat emissions."),
+		batchTxs:        f.histogram("batch_transactions", "Transactions per Redis batch.", prometheus.ExponentialBuckets(1, 4, 8)),
+		batchKeys:       f.histogram("batch_invalidations", "Invalidations per Redis batch.", prometheus.ExponentialBuckets(1, 4, 10)),
+		invalidationLag: f.histogram("invalidation_lag_seconds", "Commit time to Redis acknowledgement.",
 			[]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}),
-		HeartbeatLag:       f.gauge("heartbeat_lag_seconds", "Round trip of the last heartbeat through the WAL."),
-		CheckpointLSN:      f.gauge("checkpoint_lsn", "Checkpoint position (bytes into the WAL)."),
-		LastCommit:         f.gauge("last_commit_timestamp_seconds", "Commit time of the last applied transaction."),
-		ReplicationLag:     f.gauge("replication_lag_bytes", "Server WAL end minus the position confirmed to Postgres."),
-		SlotWALStatus:      f.gaugeVec("slot_wal_status", "1 for the slot's current wal_status.", "status"),
-		SlotSafeWALSize:    f.gauge("slot_safe_wal_size_bytes", "WAL that can still be written before the slot is lost (NaN: unlimited)."),
-		Ready:              f.gauge("ready", "1 when streaming, Redis applies batches and nothing stalls the pipeline."),
-		RedisAvailable:     f.gauge("redis_up", "1 when the last batch sent to Redis was applied (and the last health check answered)."),
-		StreamingConnected: f.gauge("streaming", "1 while connected to the replication slot."),
-		Stalls: f.gaugeVec("stalled", "1 while the pipeline cannot acknowledge anything new, by cause "+
+		heartbeatLag:       f.gauge("heartbeat_lag_seconds", "Round trip of the last heartbeat through the WAL."),
+		checkpointLSN:      f.gauge("checkpoint_lsn", "Checkpoint position (bytes into the WAL)."),
+		lastCommit:         f.gauge("last_commit_timestamp_seconds", "Commit time of the last applied transaction."),
+		replicationLag:     f.gauge("replication_lag_bytes", "Server WAL end minus the position confirmed to Postgres."),
+		slotWALStatus:      f.gaugeVec("slot_wal_status", "1 for the slot's current wal_status.", "status"),
+		slotSafeWALSize:    f.gauge("slot_safe_wal_size_bytes", "WAL that can still be written before the slot is lost (NaN: unlimited)."),
+		readyGauge:         f.gauge("ready", "1 when streaming, Redis applies batches and nothing stalls the pipeline."),
+		redisAvailable:     f.gauge("redis_up", "1 when the last batch sent to Redis was applied (and the last health check answered)."),
+		streamingConnected: f.gauge("streaming", "1 while connected to the replication slot."),
+		stalls: f.gaugeVec("stalled", "1 while the pipeline cannot acknowledge anything new, by cause "+
 			"(lookup, visibility, checkpoint, publication); see /status for the error.", "cause"),
 		version: version,
 		slot:    slot,
 	}
 	m.reloads = newReloadMetrics(f)
-	m.UnmappedChanges = f.counterVec("unmapped_changes_total",
+	m.unmappedChanges = f.counterVec("unmapped_changes_total",
 		"Row changes of published tables that no deps.yaml rule maps (they invalidate nothing), by table and operation.", "table", "op")
-	m.MissingTables = f.gaugeVec("table_missing",
+	m.missingTables = f.gaugeVec("table_missing",
 		"1 for a deps.yaml table that does not exist (dropped): its on_truncate rules were applied; remove it from deps.yaml.", "table")
 	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "walbust", Name: "build_info", Help: "Build information.",
@@ -153,85 +152,102 @@ func (m *Metrics) Refenced(keys int, waited time.Duration, timedOut bool) {
 	if timedOut {
 		reason = "timeout"
 	}
-	m.Refences.WithLabelValues(reason).Inc()
-	m.RefencedKeys.Add(float64(keys))
-	m.RefenceWait.Observe(waited.Seconds())
+	m.refences.WithLabelValues(reason).Inc()
+	m.refencedKeys.Add(float64(keys))
+	m.refenceWait.Observe(waited.Seconds())
 }
 
-// InitSeries creates the labelled series of every registered table, action
-// and kind at zero, so rate() and alerts see them from the first scrape
-// rather than from the first change that happens to touch them.
-func (m *Metrics) InitSeries(tables []string) {
+// InitSeries creates the labelled series of every registered table, of
+// every action (as deps.yaml names them) and kind at zero, so rate() and
+// alerts see them from the first scrape rather than from the first change
+// that happens to touch them.
+func (m *Metrics) InitSeries(tables, actions []string) {
 	for _, t := range tables {
 		for _, op := range []wal.Op{wal.Insert, wal.Update, wal.Delete, wal.Truncate} {
-			m.Changes.WithLabelValues(t, op.String())
-			m.Problems.WithLabelValues(t, op.String())
+			m.changes.WithLabelValues(t, op.String())
+			m.problems.WithLabelValues(t, op.String())
 		}
 	}
-	for a := mapping.Delete; a <= mapping.Fence; a++ {
+	for _, a := range actions {
 		for _, kind := range [2]string{"key", "pattern"} {
-			m.Keys.WithLabelValues(a.String(), kind)
+			m.keys.WithLabelValues(a, kind)
 		}
 	}
 	for _, cause := range []string{"lookup", "visibility", "checkpoint", "publication"} {
-		m.Stalls.WithLabelValues(cause)
+		m.stalls.WithLabelValues(cause)
 	}
-	m.Refences.WithLabelValues("replayed")
-	m.Refences.WithLabelValues("timeout")
+	m.refences.WithLabelValues("replayed")
+	m.refences.WithLabelValues("timeout")
 }
 
 // SlotObserved records the slot's health as pg_replication_slots shows it.
 func (m *Metrics) SlotObserved(walStatus string, safeWALSize *int64) {
-	m.SlotWALStatus.Reset()
-	m.SlotWALStatus.WithLabelValues(walStatus).Set(1)
+	m.slotWALStatus.Reset()
+	m.slotWALStatus.WithLabelValues(walStatus).Set(1)
 	if safeWALSize == nil {
-		m.SlotSafeWALSize.Set(math.NaN())
+		m.slotSafeWALSize.Set(math.NaN())
 	} else {
-		m.SlotSafeWALSize.Set(float64(*safeWALSize))
+		m.slotSafeWALSize.Set(float64(*safeWALSize))
 	}
 }
 
 // BatchApplied implements pipeline.Observer.
-func (m *Metrics) BatchApplied(b *pipeline.Batch) {
-	batch, plan, st, acked := b.Txs, b.Plan, b.Stats, b.Acked
-	m.Transactions.Add(float64(len(batch)))
-	for _, tx := range batch {
-		m.InvalidationLag.Observe(acked.Sub(tx.CommitTime).Seconds())
+func (m *Metrics) BatchApplied(b observe.Batch) {
+	m.transactions.Add(float64(len(b.Txs)))
+	for _, tx := range b.Txs {
+		m.invalidationLag.Observe(b.Acked.Sub(tx.CommitTime).Seconds())
 	}
-	m.OverflowedTxs.Add(float64(b.Overflowed))
-	last := batch[len(batch)-1]
-	m.CheckpointLSN.Set(float64(last.EndLSN))
-	m.LastCommit.Set(float64(last.CommitTime.UnixNano()) / 1e9)
-	for _, c := range plan.ChangeCounts {
-		m.Changes.WithLabelValues(c.Table, c.Op.String()).Add(float64(c.N))
+	m.overflowedTxs.Add(float64(b.Overflowed))
+	last := b.Txs[len(b.Txs)-1]
+	m.checkpointLSN.Set(float64(b.EndLSN))
+	m.lastCommit.Set(float64(last.CommitTime.UnixNano()) / 1e9)
+	for _, c := range b.Changes {
+		m.changes.WithLabelValues(c.Table, c.Op).Add(float64(c.N))
 	}
-	for _, c := range plan.Unmapped {
-		m.UnmappedChanges.WithLabelValues(c.Table, c.Op.String()).Add(float64(c.N))
+	for _, c := range b.Unmapped {
+		m.unmappedChanges.WithLabelValues(c.Table, c.Op).Add(float64(c.N))
 	}
-	// Count per (action, kind) first: a label lookup per key would cost
-	// more than rendering it.
-	plan.Tally(func(a mapping.Action, pattern bool, n int) {
-		m.Keys.WithLabelValues(a.String(), map[bool]string{false: "key", true: "pattern"}[pattern]).Add(float64(n))
-	})
-	for _, p := range plan.Problems {
-		m.Problems.WithLabelValues(p.Table, p.Op.String()).Add(float64(p.Count))
+	// Counted per (action, kind) by the pipeline: a label lookup per key
+	// would cost more than rendering it.
+	for _, c := range b.Invalidations {
+		m.keys.WithLabelValues(c.Action, map[bool]string{false: "key", true: "pattern"}[c.Pattern]).Add(float64(c.N))
 	}
-	m.Unrendered.Add(float64(plan.Unrendered))
-	m.Lookups.Add(float64(plan.Lookups))
-	m.PatternScans.Add(float64(st.Patterns))
-	m.PatternKeys.Add(float64(st.PatternMatches))
-	if st.Attempts > 1 {
-		m.RedisRetries.Inc() // the failed attempts were counted by RedisResult
+	for _, p := range b.Problems {
+		m.problems.WithLabelValues(p.Table, p.Op).Add(float64(p.N))
+	}
+	m.unrendered.Add(float64(b.Unrendered))
+	m.lookups.Add(float64(b.Lookups))
+	m.patternScans.Add(float64(b.Patterns))
+	m.patternKeys.Add(float64(b.PatternMatches))
+	if b.Attempts > 1 {
+		m.redisRetries.Inc() // the failed attempts were counted by RedisResult
 	}
 	m.state.mu.Lock()
-	m.state.checkpoint, m.state.lastCommit = last.EndLSN, last.CommitTime
-	m.state.transactions += uint64(len(batch))
+	m.state.checkpoint, m.state.lastCommit = b.EndLSN, last.CommitTime
+	m.state.transactions += uint64(len(b.Txs))
 	m.state.mu.Unlock()
-	for _, tx := range batch {
+	for _, tx := range b.Txs {
 		if !tx.Heartbeat.IsZero() {
-			m.HeartbeatLag.Set(acked.Sub(tx.Heartbeat).Seconds())
+			m.heartbeatLag.Set(b.Acked.Sub(tx.Heartbeat).Seconds())
 		}
 	}
-	m.BatchTxs.Observe(float64(len(batch)))
-	m.BatchKeys.Observe(float64(plan.Len()))
+	m.batchTxs.Observe(float64(len(b.Txs)))
+	m.batchKeys.Observe(float64(b.Keys))
 }
+
+// LookupFailed counts a failed lookup query attempt (the lookup pool's
+// OnError hook).
+func (m *Metrics) LookupFailed(error) { m.lookupErrors.Inc() }
+
+// HeartbeatFailed counts a heartbeat that could not be emitted.
+func (m *Metrics) HeartbeatFailed() { m.heartbeatErrors.Inc() }
+
+// SlotResynced counts a lost slot re-created (on_slot_loss: resync).
+func (m *Metrics) SlotResynced() { m.slotResyncs.Inc() }
+
+// TableMissing records that a deps.yaml table does not exist (dropped):
+// its on_truncate rules were applied.
+func (m *Metrics) TableMissing(table string) { m.missingTables.WithLabelValues(table).Set(1) }
+
+// TableBack records that a table reported missing exists again.
+func (m *Metrics) TableBack(table string) { m.missingTables.WithLabelValues(table).Set(0) }

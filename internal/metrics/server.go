@@ -18,7 +18,7 @@ import (
 // EnableProfiles was called.
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
@@ -43,26 +43,29 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // Listen binds addr now, so a taken port is reported at start, and serves
-// until ctx ends.
+// until ctx ends. done yields the server's error, if any, once it has
+// stopped: after ctx ended, once its shutdown returned.
 func (m *Metrics) Listen(ctx context.Context, addr string) (net.Addr, <-chan error, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
-	done := make(chan error, 1)
+	served := make(chan error, 1)
 	go func() {
 		err := srv.Serve(ln)
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
 		}
-		done <- err
+		served <- err
 	}()
+	done := make(chan error, 1)
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
+		done <- <-served
 	}()
 	return ln.Addr(), done, nil
 }

@@ -1,13 +1,11 @@
 package metrics
 
 import (
-	"errors"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/replication/wal"
 )
 
@@ -66,20 +64,21 @@ func (m *Metrics) Connected(up bool) {
 	}
 	m.state.streaming = up
 	m.state.mu.Unlock()
-	m.StreamingConnected.Set(b2f(up))
+	m.streamingConnected.Set(b2f(up))
 	m.updateReady()
 }
 
-// RedisResult implements the invalidator's OnResult hook: the outcome of
-// every attempt to apply a batch.
-func (m *Metrics) RedisResult(err error) {
+// RedisResult records the outcome of every attempt to apply a batch (the
+// invalidator's OnResult hook). replicasBehind: err is a master's replicas
+// falling short of wait_replicas.
+func (m *Metrics) RedisResult(err error, replicasBehind bool) {
 	m.state.mu.Lock()
 	m.setRedis(err)
 	m.state.redisDownByBatch = err != nil
-	m.state.redisBehind = errors.Is(err, invalidator.ErrTooFewReplicas)
+	m.state.redisBehind = err != nil && replicasBehind
 	m.state.mu.Unlock()
 	if err != nil {
-		m.RedisErrors.Inc()
+		m.redisErrors.Inc()
 	}
 	m.updateReady()
 }
@@ -106,7 +105,7 @@ func (m *Metrics) setRedis(err error) {
 	if err != nil {
 		m.state.redisErr = err.Error()
 	}
-	m.RedisAvailable.Set(b2f(up))
+	m.redisAvailable.Set(b2f(up))
 }
 
 // Stalled implements pipeline.Health: cause keeps the pipeline from
@@ -123,7 +122,7 @@ func (m *Metrics) Stalled(cause string, err error) {
 	s.Error = err.Error()
 	m.state.stalls[cause] = s
 	m.state.mu.Unlock()
-	m.Stalls.WithLabelValues(cause).Set(1)
+	m.stalls.WithLabelValues(cause).Set(1)
 	m.updateReady()
 }
 
@@ -132,7 +131,7 @@ func (m *Metrics) Recovered(cause string) {
 	m.state.mu.Lock()
 	delete(m.state.stalls, cause)
 	m.state.mu.Unlock()
-	m.Stalls.WithLabelValues(cause).Set(0)
+	m.stalls.WithLabelValues(cause).Set(0)
 	m.updateReady()
 }
 
@@ -145,12 +144,12 @@ func (m *Metrics) Reported(serverWALEnd, confirmed wal.LSN) {
 	if serverWALEnd > confirmed {
 		lag = float64(serverWALEnd - confirmed)
 	}
-	m.ReplicationLag.Set(lag)
+	m.replicationLag.Set(lag)
 }
 
 func (m *Metrics) updateReady() {
 	ready, _, _ := m.ready()
-	m.Ready.Set(b2f(ready))
+	m.readyGauge.Set(b2f(ready))
 }
 
 // ready says whether walbust is applying what it receives and, if not,

@@ -13,12 +13,12 @@ func TestReadinessFollowsBatchesNotPings(t *testing.T) {
 	if ok, why, _ := m.ready(); !ok {
 		t.Fatalf("not ready after streaming and a ping: %s", why)
 	}
-	m.RedisResult(errors.New("NOPERM this user has no permissions to run the 'unlink' command"))
+	m.RedisResult(errors.New("NOPERM this user has no permissions to run the 'unlink' command"), false)
 	m.PingResult(nil) // Redis answers PING while it refuses UNLINK
 	if ok, why, _ := m.ready(); ok || !strings.Contains(why, "NOPERM") {
 		t.Fatalf("ready = %v (%q) after a refused batch and a ping that answered; want not ready naming NOPERM", ok, why)
 	}
-	m.RedisResult(nil)
+	m.RedisResult(nil, false)
 	if ok, why, _ := m.ready(); !ok {
 		t.Fatalf("not ready after a batch went through: %s", why)
 	}
@@ -35,7 +35,7 @@ func TestReadinessFollowsBatchesNotPings(t *testing.T) {
 func TestStallsNameTheirCauseAndSince(t *testing.T) {
 	m := New("test", "slot")
 	m.Connected(true)
-	m.RedisResult(nil)
+	m.RedisResult(nil, false)
 	m.Stalled("lookup", errors.New("permission denied for table categories"))
 	m.Stalled("checkpoint", errors.New("no space left on device"))
 	ok, why, since := m.ready()

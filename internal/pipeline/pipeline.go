@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/walbust/walbust/internal/observe"
 	"github.com/walbust/walbust/internal/retry"
 	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/mapping"
@@ -53,9 +54,10 @@ type Batch struct {
 	Acked      time.Time // when Redis acknowledged the last of it
 }
 
-// Observer is told about every batch Redis acknowledged (metrics).
+// Observer is told about every batch Redis acknowledged (metrics), in
+// plain values.
 type Observer interface {
-	BatchApplied(b *Batch)
+	BatchApplied(b observe.Batch)
 	// Refenced: keys fenced again after waiting for the replicas; timedOut
 	// when the wait reached ReplicaWaitMax instead.
 	Refenced(keys int, waited time.Duration, timedOut bool)
@@ -404,7 +406,7 @@ func (p *Pipeline) apply(ctx context.Context, batch []*committed, buf *applyBuff
 		p.ckpt.applied(end, len(batch))
 	}
 	if p.opts.Observer != nil {
-		p.opts.Observer.BatchApplied(&b)
+		p.opts.Observer.BatchApplied(observed(&b))
 	}
 	if ce := p.log.Check(zap.DebugLevel, "applied"); ce != nil {
 		ce.Write(zap.Stringer("end_lsn", end), zap.Uint32("xid", batch[len(batch)-1].Xid), zap.Int("txs", len(batch)),

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -128,7 +128,7 @@ func (h *heartbeat) beat(ctx context.Context) {
 }
 
 func (h *heartbeat) failed(err error) {
-	h.d.metrics.HeartbeatErrors.Inc()
+	h.d.metrics.HeartbeatFailed()
 	h.fail++
 	if h.fail == 1 || h.fail%60 == 0 {
 		h.d.log.Warn("heartbeat failed", zap.Error(err), zap.Int("consecutive", h.fail))

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -9,12 +9,12 @@ import (
 	"go.uber.org/zap"
 )
 
-// shutdownBackstop ends the process once a stop has taken timeout, whatever
+// ShutdownBackstop ends the process once a stop has taken timeout, whatever
 // state walbust is in: a supervisor's stop must never hang. Exiting then
 // loses nothing: only saved positions were ever acknowledged, so whatever
 // was in flight is replayed at the next start. disarm is called when run
 // returns by itself.
-func shutdownBackstop(ctx context.Context, timeout time.Duration, log *zap.Logger) (disarm func()) {
+func ShutdownBackstop(ctx context.Context, timeout time.Duration, log *zap.Logger) (disarm func()) {
 	var mu sync.Mutex
 	var timer *time.Timer
 	disarmed := false

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -152,4 +152,15 @@ func saveBindings(path string, oids map[string][]uint32) error {
 		return fmt.Errorf("table bindings %s: %w", path, err)
 	}
 	return nil
+}
+
+// RenamedTables is what `walbust run` bound by OID, for validate to tell a
+// renamed table from a dropped one: registry name that no longer exists ->
+// its table's name now.
+func RenamedTables(ctx context.Context, conn replication.Querier, reg *mapping.Registry, publication, checkpointPath string) (map[string]string, error) {
+	b, err := resolveTables(ctx, conn, reg, publication, bindingsPath(checkpointPath))
+	if err != nil {
+		return nil, err
+	}
+	return b.renamed, nil
 }

@@ -1,14 +1,12 @@
-package main
+package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"go.uber.org/zap"
 
-	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/protocol"
 	"github.com/walbust/walbust/replication"
 	"github.com/walbust/walbust/replication/wal"
@@ -49,28 +47,13 @@ type covered struct {
 }
 
 // watermarkCovers reads the watermark and says whether it reaches the
-// slot's confirmed position. An error means Redis did not answer: nothing
-// is decided then. A watermark beyond walFlush (the server's WAL position)
-// is another server's and is ignored.
+// slot's confirmed position (see watermarkVerdict). An error means Redis did
+// not answer: nothing is decided then.
 func (d *daemon) watermarkCovers(ctx context.Context, slot *replication.SlotInfo, walFlush wal.LSN) (covered, error) {
 	ctx, cancel := context.WithTimeout(ctx, watermarkTimeout)
 	defer cancel()
-	key := protocol.AppliedKey(d.cfg.Postgres.Slot)
 	mark, found, err := d.inv.Watermark(ctx)
-	switch {
-	case errors.Is(err, invalidator.ErrBadWatermark):
-		return covered{why: err.Error()}, nil
-	case err != nil:
-		return covered{}, err
-	case !found:
-		return covered{why: fmt.Sprintf("and no walbust recorded an applied position in Redis (key %s is absent)", key)}, nil
-	case mark > walFlush:
-		return covered{mark: mark, why: fmt.Sprintf("and the applied position in Redis (key %s) is %s, beyond this server's WAL position %s, "+
-			"so it is another server's", key, mark, walFlush)}, nil
-	case slot.ConfirmedFlushLSN > mark:
-		return covered{mark: mark, why: fmt.Sprintf("and past the applied position in Redis (key %s) at %s, so no walbust applied the changes after it", key, mark)}, nil
-	}
-	return covered{ok: true, mark: mark}, nil
+	return watermarkVerdict(protocol.AppliedKey(d.cfg.Postgres.Slot), slot.ConfirmedFlushLSN, walFlush, mark, found, err)
 }
 
 // awaitWatermark is watermarkCovers at start: while Redis does not answer

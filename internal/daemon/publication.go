@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -29,7 +29,7 @@ func (d *daemon) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 		return err
 	}
 	if stored == 0 {
-		return usageError{fmt.Errorf("publication %q does not exist: run `walbust setup` first (it creates the publication and the slot)", pub)}
+		return UsageError{fmt.Errorf("publication %q does not exist: run `walbust setup` first (it creates the publication and the slot)", pub)}
 	}
 	return d.slotLost(ctx, fmt.Errorf("%w: %w: publication %q does not exist, but checkpoint %s says walbust streamed through it from slot %q",
 		replication.ErrSlotLost, replication.ErrPublicationMissing, pub, stored, d.cfg.Postgres.Slot))

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -40,20 +40,18 @@ func (d *daemon) bindCheckpoint(ctx context.Context) error {
 		return err
 	}
 	here := checkpoint.Identity{SystemID: srv.SystemID, Database: srv.Database, Slot: d.cfg.Postgres.Slot}
-	if found {
-		if c.Identity != nil && *c.Identity != here {
-			return fmt.Errorf("checkpoint %s is another deployment's position: it records %s, but this is %s "+
-				"(a file copied from elsewhere, kept while the cluster was re-initialised, or another slot's). Resuming from it would skip changes. "+
-				"Point checkpoint.path at this deployment's own file, or remove %s so walbust starts from slot %q's confirmed position "+
-				"(flush the caches fed by these tables first if changes may have been missed)",
-				d.store.Path(), c.Identity, here, d.store.Path(), d.cfg.Postgres.Slot)
-		}
-		if c.LSN > srv.WALFlush {
-			return fmt.Errorf("checkpoint %s is at %s, beyond this server's current WAL position %s (system_identifier %s), "+
-				"so it did not come from this server. Resuming from it would skip every change up to it and confirm that position to slot %q. "+
-				"Remove %s so walbust starts from the slot's confirmed position, or restore this deployment's own checkpoint file",
-				d.store.Path(), c.LSN, srv.WALFlush, srv.SystemID, d.cfg.Postgres.Slot, d.store.Path())
-		}
+	switch judgeCheckpoint(c, found, here, srv.WALFlush) {
+	case checkpointElsewhere:
+		return fmt.Errorf("checkpoint %s is another deployment's position: it records %s, but this is %s "+
+			"(a file copied from elsewhere, kept while the cluster was re-initialised, or another slot's). Resuming from it would skip changes. "+
+			"Point checkpoint.path at this deployment's own file, or remove %s so walbust starts from slot %q's confirmed position "+
+			"(flush the caches fed by these tables first if changes may have been missed)",
+			d.store.Path(), c.Identity, here, d.store.Path(), d.cfg.Postgres.Slot)
+	case checkpointBeyondWAL:
+		return fmt.Errorf("checkpoint %s is at %s, beyond this server's current WAL position %s (system_identifier %s), "+
+			"so it did not come from this server. Resuming from it would skip every change up to it and confirm that position to slot %q. "+
+			"Remove %s so walbust starts from the slot's confirmed position, or restore this deployment's own checkpoint file",
+			d.store.Path(), c.LSN, srv.WALFlush, srv.SystemID, d.cfg.Postgres.Slot, d.store.Path())
 	}
 	d.store.Bind(here)
 	return nil
@@ -73,16 +71,13 @@ func (d *daemon) checkSlotPosition(ctx context.Context, slot *replication.SlotIn
 	if err != nil {
 		return err
 	}
-	if slot.ConfirmedFlushLSN > srv.WALFlush {
+	switch judgeSlot(c, found, slot.ConfirmedFlushLSN, srv.WALFlush) {
+	case slotBeyondWAL:
 		return d.slotLost(ctx, fmt.Errorf("%w: slot %q has confirmed %s, beyond this server's current WAL position %s: "+
 			"a client confirmed a position from elsewhere, and the slot skips every change up to it, so it must be dropped "+
 			"(SELECT pg_drop_replication_slot('%s')) before `walbust setup` creates it again",
 			replication.ErrSlotLost, slot.Name, slot.ConfirmedFlushLSN, srv.WALFlush, slot.Name))
-	}
-	switch {
-	case !found:
-		return nil
-	case c.Identity == nil:
+	case slotRewriteIdentity:
 		// Written before identities were recorded, and past the WAL check:
 		// accepted this once. The slot may be ahead of it (older versions
 		// confirmed idle positions unsaved); streaming resumes from the
@@ -93,8 +88,7 @@ func (d *daemon) checkSlotPosition(ctx context.Context, slot *replication.SlotIn
 		}
 		d.log.Info("checkpoint rewritten with the identity of its server and slot", zap.String("checkpoint", d.store.Path()),
 			zap.Stringer("was", c.LSN), zap.Stringer("lsn", lsn))
-		return nil
-	case slot.ConfirmedFlushLSN > c.LSN:
+	case slotAheadOfCheckpoint:
 		cov, err := d.awaitWatermark(ctx, slot, c.LSN, srv.WALFlush)
 		if err != nil {
 			return err
@@ -143,7 +137,7 @@ func (d *daemon) recheckSlot(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", replication.ErrFatal, err)
 	}
-	if c.Identity == nil || slot.ConfirmedFlushLSN <= c.LSN {
+	if !needsWatermarkOnReconnect(c, slot.Active, slot.ConfirmedFlushLSN) {
 		return nil
 	}
 	// Typically a peer streamed while this instance was disconnected.

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -70,7 +70,7 @@ func (r *reloader) reload(ctx context.Context) {
 		r.p.SwapRegistry(reg)
 	}
 	r.mu.Unlock()
-	r.d.metrics.InitSeries(reg.Names())
+	r.d.metrics.InitSeries(reg.Names(), actionNames())
 	for _, w := range reg.Warnings {
 		log.Warn(w)
 	}
@@ -81,7 +81,7 @@ func (r *reloader) reload(ctx context.Context) {
 // publication does not publish needs `walbust setup`, which run never does
 // itself: it changes what every consumer of the publication receives.
 func (r *reloader) check(ctx context.Context) (*mapping.Registry, error) {
-	reg, err := loadRegistry(r.d.cfg)
+	reg, err := LoadRegistry(r.d.cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -41,7 +41,7 @@ func (st *tableState) markGone(names []string, oids []uint32, m *metrics.Metrics
 	defer st.mu.Unlock()
 	for _, name := range names {
 		st.gone[name] = true
-		m.MissingTables.WithLabelValues(name).Set(1)
+		m.TableMissing(name)
 	}
 	for _, id := range oids {
 		st.goneOIDs[id] = true
@@ -226,7 +226,7 @@ func (w *tableWatcher) poll(ctx context.Context) {
 		return // the stream reports connection trouble
 	}
 	for _, name := range back {
-		w.d.metrics.MissingTables.WithLabelValues(name).Set(0)
+		w.d.metrics.TableBack(name)
 		w.d.log.Info("a table in deps.yaml exists again; its rules apply to its changes", zap.String("table", name))
 	}
 	if len(dropped) == 0 {
