@@ -107,6 +107,7 @@ func waitReady(t *testing.T, c *Client) {
 }
 
 func TestL1WithEvents(t *testing.T) {
+	needRedis(t)
 	// A server of its own: the test kills it.
 	dir, err := os.MkdirTemp("", "walbust-cacheaside-l1-")
 	if err != nil {

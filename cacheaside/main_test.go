@@ -2,6 +2,7 @@ package cacheaside
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"strconv"
@@ -15,11 +16,24 @@ import (
 )
 
 // srv is one real redis-server for the package; TestMain fails the package
-// (it does not skip) when it cannot start one.
+// (it does not skip) when it cannot start one. Under -short it starts none
+// and the tests that need it skip (see needRedis).
 var srv *throwaway.Redis
 
 func TestMain(m *testing.M) {
+	flag.Parse() // testing.Short needs parsed flags
+	if testing.Short() {
+		os.Exit(m.Run())
+	}
 	os.Exit(run(m))
+}
+
+// needRedis skips t under -short: the fast tier starts no servers.
+func needRedis(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs redis-server; run without -short")
+	}
 }
 
 func run(m *testing.M) int {
@@ -43,6 +57,7 @@ func run(m *testing.M) int {
 // redisClient returns a client of its own (a "process") for one test.
 func redisClient(t *testing.T) *redis.Client {
 	t.Helper()
+	needRedis(t)
 	c := srv.Client()
 	t.Cleanup(func() { c.Close() })
 	return c

@@ -15,6 +15,7 @@ import (
 // must not look like one that passed.
 func benchRedis(b *testing.B) *throwaway.Redis {
 	b.Helper()
+	needRedis(b)
 	dir, err := os.MkdirTemp("", "walbust-bench-redis-")
 	if err != nil {
 		b.Fatal(err)

@@ -46,6 +46,7 @@ func newInvalidator(t *testing.T, opts Options) *Invalidator {
 // and its stale copy in different slots are moved without a script, and
 // patterns are scanned on every master.
 func TestCluster(t *testing.T) {
+	needRedis(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c, err := throwaway.StartRedisCluster(ctx, filepath.Join(testDir(t), "cluster"), 3, 1)
@@ -314,6 +315,7 @@ func countExisting(t *testing.T, ctx context.Context, rdb redis.UniversalClient,
 // TestWaitReplicas: with a standalone master and one replica, wait_replicas 1
 // confirms batches; wait_replicas 2 cannot be met, so nothing is confirmed.
 func TestWaitReplicas(t *testing.T) {
+	needRedis(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	dir := testDir(t)

@@ -14,10 +14,20 @@ import (
 	"github.com/walbust/walbust/replication/wal"
 )
 
+// needRedis skips tb under -short: the fast tier (go test -short ./...)
+// starts no servers. Without -short a test that needs one always runs.
+func needRedis(tb testing.TB) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("needs redis-server; run without -short")
+	}
+}
+
 // testRedis starts a throwaway redis-server for one test; without one the
-// test fails, it does not skip.
+// test fails, it does not skip (except under -short, see needRedis).
 func testRedis(t *testing.T) *throwaway.Redis {
 	t.Helper()
+	needRedis(t)
 	dir, err := os.MkdirTemp("", "walbust-invalidator-redis-")
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,12 @@
 // One key is walbust's own bookkeeping: AppliedKey, how far a slot's
 // changes are in Redis, an LSN in pg_lsn text form (X/Y).
 //
+// The Lua scripts are the files in protocol/lua/ (fence.lua, lease.lua,
+// cas.lua), embedded as FenceScript, LeaseScript and CASScript. That
+// directory is shared: clients in other languages load those files as they
+// are rather than keeping copies, and testdata/lua.sha1 lists each file's
+// SHA1, which is the name EVALSHA knows the script by.
+//
 // The package depends on nothing but the standard library, so the daemon,
 // the Go client (cacheaside) and tools can all import it.
 package protocol

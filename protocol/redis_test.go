@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -18,11 +19,24 @@ import (
 )
 
 // rdb is a real redis-server shared by the script tests; TestMain fails the
-// package when it cannot start one.
+// package when it cannot start one. Under -short it starts none and the
+// tests that need it skip (see needRedis).
 var rdb *redis.Client
 
 func TestMain(m *testing.M) {
+	flag.Parse() // testing.Short needs parsed flags
+	if testing.Short() {
+		os.Exit(m.Run())
+	}
 	os.Exit(run(m))
+}
+
+// needRedis skips t under -short: the fast tier starts no servers.
+func needRedis(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs redis-server; run without -short")
+	}
 }
 
 func run(m *testing.M) int {
@@ -72,6 +86,7 @@ func get(t *testing.T, key string) (string, time.Duration) {
 }
 
 func TestFenceScript(t *testing.T) {
+	needRedis(t)
 	ctx := context.Background()
 	rdb.FlushDB(ctx)
 	t1, t2 := NewToken(), NewToken()
@@ -114,6 +129,7 @@ func TestFenceScript(t *testing.T) {
 }
 
 func TestLeaseScript(t *testing.T) {
+	needRedis(t)
 	ctx := context.Background()
 	rdb.FlushDB(ctx)
 	mine, other := NewToken(), NewToken()
@@ -172,6 +188,7 @@ func TestLeaseScript(t *testing.T) {
 }
 
 func TestCASScript(t *testing.T) {
+	needRedis(t)
 	ctx := context.Background()
 	rdb.FlushDB(ctx)
 	a, b := NewToken(), NewToken()
@@ -214,6 +231,7 @@ func TestCASScript(t *testing.T) {
 // walbust's fence while it loads, so its fill fails; the next reader takes
 // a lease over the tombstone and fills.
 func TestFenceBeatsSlowFill(t *testing.T) {
+	needRedis(t)
 	ctx := context.Background()
 	rdb.FlushDB(ctx)
 	r1, r2, w := NewToken(), NewToken(), NewToken()
@@ -234,6 +252,7 @@ func TestFenceBeatsSlowFill(t *testing.T) {
 
 // Match agrees with SCAN MATCH on random patterns over random keys.
 func TestMatchAgreesWithRedis(t *testing.T) {
+	needRedis(t)
 	ctx := context.Background()
 	rdb.FlushDB(ctx)
 	rng := rand.New(rand.NewPCG(1, 2))

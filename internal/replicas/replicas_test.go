@@ -13,9 +13,13 @@ import (
 )
 
 // startPair starts a primary and a streaming replica that applies WAL
-// 500ms late, or fails the test with the reason.
+// 500ms late, or fails the test with the reason. Under -short it skips the
+// test instead: the fast tier starts no servers.
 func startPair(t *testing.T, ctx context.Context) (primary, replica *throwaway.Postgres) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("needs postgres (a primary and a replica); run without -short")
+	}
 	start := func(name string, fn func(dir string) (*throwaway.Postgres, error)) *throwaway.Postgres {
 		dir, err := os.MkdirTemp("", "walbust-replicas-"+name+"-")
 		if err != nil {

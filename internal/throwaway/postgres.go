@@ -82,6 +82,9 @@ func FindPostgresBin() (string, error) {
 // os.MkdirTemp("", ...) is fine, a directory inside one is not (its parent
 // is private to root).
 func StartPostgres(ctx context.Context, dir string, opts ...PostgresOption) (*Postgres, error) {
+	if err := refuseUnderShort("postgres"); err != nil {
+		return nil, err
+	}
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("postgres dir: %w", err)

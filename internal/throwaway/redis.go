@@ -40,6 +40,9 @@ func StartRedis(ctx context.Context, dir string, extraArgs ...string) (*Redis, e
 // startRedis starts redis-server on port (0: a free one), with conf (if
 // not empty) as its config file.
 func startRedis(ctx context.Context, dir string, port int, conf string, extraArgs []string) (*Redis, error) {
+	if err := refuseUnderShort("redis-server"); err != nil {
+		return nil, err
+	}
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, fmt.Errorf("redis-server binary missing: %w; %s", err, installHint)

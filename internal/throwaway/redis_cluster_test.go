@@ -15,7 +15,7 @@ import (
 func TestRedisCluster(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dir := filepath.Join(tempDir(t), "cluster")
+	dir := filepath.Join(serverDir(t), "cluster")
 	begin := time.Now()
 	c, err := StartRedisCluster(ctx, dir, 3, 1)
 	if err != nil {
@@ -104,7 +104,7 @@ func TestRedisSentinel(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	begin := time.Now()
-	s, err := StartRedisSentinel(ctx, filepath.Join(tempDir(t), "sentinel"), "cache", 1, 3)
+	s, err := StartRedisSentinel(ctx, filepath.Join(serverDir(t), "sentinel"), "cache", 1, 3)
 	if err != nil {
 		t.Fatal(err)
 	}

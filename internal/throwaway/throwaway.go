@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -33,6 +34,19 @@ func FreePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// refuseUnderShort fails a start from a test binary run with -short: the
+// fast tier (go test -short ./...) promises to need no servers, so a test
+// that forgot to skip under testing.Short() fails, saying so, rather than
+// quietly making the tier slow. flag.Lookup, not testing.Short, keeps the
+// testing package out of the programs that use this package.
+func refuseUnderShort(what string) error {
+	if f := flag.Lookup("test.short"); f != nil && f.Value.String() == "true" {
+		return fmt.Errorf("throwaway: not starting %s under go test -short (the fast tier needs no servers): "+
+			"skip the test when testing.Short()", what)
+	}
+	return nil
 }
 
 // process is a running server child with a single waiter, so that Stop,

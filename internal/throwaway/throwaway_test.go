@@ -9,10 +9,16 @@ import (
 	"time"
 )
 
-// tempDir is like t.TempDir but under os.TempDir directly: t.TempDir's
-// parent is private to root, and as root postgres runs as another user.
-func tempDir(t *testing.T) string {
+// serverDir is a directory for a test's servers, like t.TempDir but under
+// os.TempDir directly: t.TempDir's parent is private to root, and as root
+// postgres runs as another user. Every test here starts servers and calls
+// it first, so it is where they skip under -short (the fast tier starts no
+// servers); without -short they run, and fail when a server cannot start.
+func serverDir(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts postgres or redis-server; run without -short")
+	}
 	dir, err := os.MkdirTemp("", "throwaway-test-")
 	if err != nil {
 		t.Fatal(err)
@@ -24,7 +30,7 @@ func tempDir(t *testing.T) string {
 func TestPostgres(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dir := tempDir(t)
+	dir := serverDir(t)
 	pg, err := StartPostgres(ctx, dir, WithSetting("max_connections", "30"))
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +92,7 @@ func TestPostgres(t *testing.T) {
 func TestPostgresStartFailureShowsLog(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	_, err := StartPostgres(ctx, tempDir(t), WithSetting("no_such_setting", "1"))
+	_, err := StartPostgres(ctx, serverDir(t), WithSetting("no_such_setting", "1"))
 	if err == nil {
 		t.Fatal("started with an unknown setting")
 	}
@@ -98,7 +104,7 @@ func TestPostgresStartFailureShowsLog(t *testing.T) {
 func TestRedis(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	r, err := StartRedis(ctx, filepath.Join(tempDir(t), "redis"))
+	r, err := StartRedis(ctx, filepath.Join(serverDir(t), "redis"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +139,7 @@ func TestRedis(t *testing.T) {
 func TestReplica(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	primary, err := StartPostgres(ctx, tempDir(t), WithSetting("synchronous_commit", "on"))
+	primary, err := StartPostgres(ctx, serverDir(t), WithSetting("synchronous_commit", "on"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +148,7 @@ func TestReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	const delay = 2 * time.Second
-	replica, err := StartReplica(ctx, tempDir(t), primary, WithSetting("recovery_min_apply_delay", delay.String()))
+	replica, err := StartReplica(ctx, serverDir(t), primary, WithSetting("recovery_min_apply_delay", delay.String()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,5 +206,14 @@ func TestReplica(t *testing.T) {
 	var senders int
 	if err := pc.QueryRow(ctx, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").Scan(&senders); err != nil || senders != 1 {
 		t.Errorf("pg_stat_replication streaming = %d, %v; want 1", senders, err)
+	}
+}
+
+// Unit: the -short guard refuses exactly under -short (it starts nothing
+// either way).
+func TestRefuseUnderShort(t *testing.T) {
+	err := refuseUnderShort("redis-server")
+	if testing.Short() != (err != nil) {
+		t.Errorf("testing.Short() = %t, refuseUnderShort = %v", testing.Short(), err)
 	}
 }

@@ -37,6 +37,9 @@ func TestVisible(t *testing.T) {
 // An open transaction stands in for a committing one: both are in the
 // proc array. Wait must not return before it ends.
 func TestWaitAgainstPostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs postgres; run without -short")
+	}
 	dir, err := os.MkdirTemp("", "walbust-visibility-")
 	if err != nil {
 		t.Fatal(err)
