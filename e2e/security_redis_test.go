@@ -36,7 +36,7 @@ func (e *env) secValidate() (string, int) {
 
 // An ACL user missing one command walbust sends is found by validate,
 // which names the command, why walbust sends it and the ACL SETUSER that
-// fixes it; run refuses to start with the same; the README's minimal user
+// fixes it; run refuses to start with the same; docs/security.md's minimal user
 // for the repository's deps.yaml (delete, patterns, events) passes and
 // streams.
 func TestSecurityRedisACL(t *testing.T) {
@@ -54,21 +54,21 @@ func TestSecurityRedisACL(t *testing.T) {
 		t.Errorf("run with a user that may not UNLINK exited %d, want a refusal naming UNLINK:\n%s", code, out)
 	}
 
-	// README's line for delete (with patterns and events): enough.
-	readme, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
+	// docs/security.md's line for delete (with patterns and events): enough.
+	doc, err := os.ReadFile(filepath.Join(repoRoot, "docs", "security.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	const want = "ACL SETUSER walbust on >PASSWORD resetkeys ~* resetchannels &walbust:events -@all +client|setname +get +info +ping +publish +scan +set +unlink"
-	if !strings.Contains(string(readme), want) {
-		t.Fatalf("README does not give the minimal line for delete actions: %s", want)
+	if !strings.Contains(string(doc), want) {
+		t.Fatalf("docs/security.md does not give the minimal line for delete actions: %s", want)
 	}
 	secACL(t, r, "walbust", "reset")
 	line := strings.Fields(strings.Replace(strings.TrimPrefix(want, "ACL SETUSER "), "PASSWORD", "pw-walbust", 1))
 	secACL(t, r, line...)
 	out, code = e.secValidate()
 	if code != 0 || !strings.Contains(out, "redis: ok") {
-		t.Errorf("validate with README's minimal user exited %d, want 0 and redis: ok:\n%s", code, out)
+		t.Errorf("validate with docs/security.md's minimal user exited %d, want 0 and redis: ok:\n%s", code, out)
 	}
 	e.opsUseRedis(r.Client())
 	e.start()

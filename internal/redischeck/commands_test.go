@@ -31,10 +31,10 @@ const (
 	fenceTable  = "  public.f:\n    action: fence\n    fence_ttl: 60s\n    keys: [\"f:{id}\"]\n"
 )
 
-// README gives the minimal ACL SETUSER line per set of actions: it must
-// be the one the checks would accept, no more, no less.
-func TestREADMEMinimalACL(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+// docs/security.md gives the minimal ACL SETUSER line per set of
+// actions: it must be the one the checks would accept, no more, no less.
+func TestSecurityDocMinimalACL(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/security.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,8 +47,8 @@ func TestREADMEMinimalACL(t *testing.T) {
 		"every action":     deleteTable + bumpTable + staleTable + fenceTable,
 	} {
 		line := MinimalACL("walbust", loadDeps(t, tables), opts)
-		if !strings.Contains(string(readme), line) {
-			t.Errorf("README does not give the minimal line for %s:\n%s", name, line)
+		if !strings.Contains(string(doc), line) {
+			t.Errorf("docs/security.md does not give the minimal line for %s:\n%s", name, line)
 		}
 	}
 }
