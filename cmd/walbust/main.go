@@ -72,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
+	case "init":
+		return initCommand(ctx, rest, stdout, stderr)
 	case "run":
 		return runCommand(ctx, rest, stderr)
 	case "setup":
