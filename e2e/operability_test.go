@@ -20,7 +20,7 @@ import (
 	"github.com/walbust/walbust/internal/throwaway"
 )
 
-// The operability tests (issue 5): what the people who run walbust see
+// The operability tests: what the people who run walbust see
 // from /metrics, /readyz and `walbust status`, and walbust working with
 // TLS, passwords kept in files and a least-privilege role.
 

@@ -22,7 +22,7 @@ import (
 	"github.com/walbust/walbust/protocol"
 )
 
-// regExampleDeps is the deps.yaml of issue 3, exactly as written there (the
+// regExampleDeps is the original design's deps.yaml, exactly as written there (the
 // file the mapping unit tests load too). Tests that name positions in it
 // (explain, log lines) count lines from 1 at "version: 1".
 var regExampleDeps = func() string {

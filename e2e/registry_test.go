@@ -1,6 +1,6 @@
 package e2e
 
-// End-to-end tests of the deps.yaml language (issue 3): every construct of
+// End-to-end tests of the deps.yaml language: every construct of
 // the issue's example, run by the real binary against the real services.
 
 import (

@@ -98,7 +98,7 @@ func FuzzParseTemplate(f *testing.F) {
 }
 
 func FuzzRegistryParse(f *testing.F) {
-	f.Add([]byte(issue3Example))
+	f.Add([]byte(exampleDeps))
 	f.Add([]byte(actionsDeps))
 	f.Add([]byte(queryDeps))
 	f.Add([]byte(usersDeps))

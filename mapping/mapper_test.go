@@ -415,7 +415,7 @@ func TestMapActions(t *testing.T) {
 }
 
 func TestMapTruncate(t *testing.T) {
-	reg := mustParse(t, issue3Example)
+	reg := mustParse(t, exampleDeps)
 	users := relation(1, "public.users", 'd', "id*", "email", "name", "team_id")
 	products := relation(2, "public.products", 'd', "id*")
 
@@ -471,7 +471,7 @@ tables:
 }
 
 func TestMapEverything(t *testing.T) {
-	reg := mustParse(t, issue3Example)
+	reg := mustParse(t, exampleDeps)
 	var plan mapping.Plan
 	mapping.NewMapper(reg, nil).MapEverything(99, &plan)
 	want := []string{"delete pattern user:*", "delete pattern user-by-email:*", "delete pattern search:users:*"}

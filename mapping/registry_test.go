@@ -15,9 +15,9 @@ import (
 	"github.com/walbust/walbust/replication/wal"
 )
 
-// issue3Example is the deps.yaml of issue 3, verbatim: it must load as
+// exampleDeps is the deps.yaml of the original design, verbatim: it must load as
 // written. The e2e tests read the same file.
-var issue3Example = mustRead("testdata/example.deps.yaml")
+var exampleDeps = mustRead("testdata/example.deps.yaml")
 
 func mustRead(path string) string {
 	data, err := os.ReadFile(path)
@@ -43,10 +43,10 @@ func refNames(rs []mapping.Ref) []string {
 	return out
 }
 
-func TestParseIssue3Example(t *testing.T) {
-	reg, err := mapping.Parse("deps.yaml", []byte(issue3Example))
+func TestParseExampleDeps(t *testing.T) {
+	reg, err := mapping.Parse("deps.yaml", []byte(exampleDeps))
 	if err != nil {
-		t.Fatalf("the example of issue 3 does not load:\n%v", err)
+		t.Fatalf("the example deps.yaml does not load:\n%v", err)
 	}
 	if reg.File != "deps.yaml" {
 		t.Errorf("File = %q", reg.File)
@@ -819,7 +819,7 @@ func TestParseEmpty(t *testing.T) {
 func TestLoad(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "deps.yaml")
-	if err := os.WriteFile(good, []byte(issue3Example), 0o600); err != nil {
+	if err := os.WriteFile(good, []byte(exampleDeps), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	reg, err := mapping.Load(good)

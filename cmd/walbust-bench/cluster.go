@@ -16,7 +16,7 @@ import (
 	"github.com/walbust/walbust/replication/wal"
 )
 
-// clusterResult is part 5 (issue 8): one backlog of single-row
+// clusterResult is part 5: one backlog of single-row
 // transactions drained by
 //
 //   - one walbust against the one redis-server (the baseline),

@@ -1,5 +1,5 @@
 // Command bench measures walbust against the physical limit and the usual
-// alternative, side by side in one run (issue 6):
+// alternative, side by side in one run:
 //
 //  1. backlog drain: walbust (every invalidation applied to Redis) against
 //     pg_recvlogical reading a copy of the same slot to /dev/null;
@@ -7,7 +7,7 @@
 //  3. cost to writers: pgbench UPDATE rate with no slot, with walbust
 //     consuming, and with a pg_notify trigger plus a listener;
 //  4. memory: walbust's peak RSS draining and on one huge transaction;
-//  5. scale-out (issue 8): one backlog drained against a Redis Cluster and
+//  5. scale-out: one backlog drained against a Redis Cluster and
 //     against one redis-server, and by two shards side by side.
 //
 // It starts its own throwaway Postgres and redis-server (Debian binaries),
@@ -57,7 +57,7 @@ var scales = map[string]scale{
 	"quick": {Name: "quick", Accounts: 20000, SingleTxs: 20000, BigTxs: 5, BigTxRows: 10000, DrainRuns: 1,
 		LagRates: []int{1000, 5000, 0}, LagDuration: 8 * time.Second, LagWriters: 8,
 		WriterDuration: 8 * time.Second, WriterRuns: 1, WriterClients: 4, MemRows: 200000, MemCollapse: true, ClusterTxs: 150000, ClusterRuns: 3},
-	// The issue's sizes: 200k single-row transactions, 10 of 100k rows, a
+	// The full sizes: 200k single-row transactions, 10 of 100k rows, a
 	// million-row transaction.
 	"full": {Name: "full", Accounts: 100000, SingleTxs: 200000, BigTxs: 10, BigTxRows: 100000, DrainRuns: 3,
 		LagRates: []int{1000, 5000, 0}, LagDuration: 20 * time.Second, LagWriters: 8,
@@ -69,7 +69,7 @@ var allPhases = []string{"drain", "writers", "lag", "memory", "cluster"}
 func main() { os.Exit(run()) }
 
 func run() int {
-	scaleName := flag.String("scale", "quick", "quick (about 3-4 minutes) or full (the issue's sizes)")
+	scaleName := flag.String("scale", "quick", "quick (about 3-4 minutes) or full (the design sizes)")
 	jsonPath := flag.String("json", "", "also write the results as JSON to this file")
 	binary := flag.String("walbust", "", "walbust binary to test (default: go build ./cmd/walbust into the work directory)")
 	phases := flag.String("phases", strings.Join(allPhases, ","), "parts to run: drain (1 and 4a), writers (3), lag (2), memory (4b), cluster (5)")

@@ -99,7 +99,7 @@ func loadAvg() string {
 	return strings.Join(f[:3], " ")
 }
 
-// target is one of the issue's targets and how this run did against it.
+// target is one of the benchmark's targets and how this run did against it.
 type target struct {
 	Name     string `json:"name"`
 	Target   string `json:"target"`
@@ -264,7 +264,7 @@ func printTable(out io.Writer, r *results) {
 		clusterRows(c, row)
 	}
 	tw.Flush()
-	fmt.Fprintln(out, "\ntargets (issue 6):")
+	fmt.Fprintln(out, "\ntargets:")
 	tw = tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
 	for _, t := range r.Targets {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t\n", t.Result, t.Name, t.Target, t.Measured)

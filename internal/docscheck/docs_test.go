@@ -123,7 +123,7 @@ func TestAnchor(t *testing.T) {
 		"Endpoints (`listen`, default `127.0.0.1:9187`)": "endpoints-listen-default-1270019187",
 		"Docker / docker-compose":                        "docker--docker-compose",
 		"Is it keeping up?":                              "is-it-keeping-up",
-		"Scale-out: Redis Cluster and shards (issue 8)":  "scale-out-redis-cluster-and-shards-issue-8",
+		"Scale-out: Redis Cluster and shards (part 5)":   "scale-out-redis-cluster-and-shards-part-5",
 		"snake_case and [a link](x.md)":                  "snake_case-and-a-link",
 	} {
 		if got := anchor(in); got != want {
