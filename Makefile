@@ -86,11 +86,11 @@ deps:
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update; \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql redis-server redis-tools
 
-## bench: the issue-6 benchmark suite (quick scale; BENCH_FLAGS="-scale full" for the issue's sizes)
+## bench: the benchmark suite (quick scale; BENCH_FLAGS="-scale full" for the full sizes)
 bench: deps
 	$(GO) run ./cmd/walbust-bench $(BENCH_FLAGS)
 
-## consistency: the issue-7 consistency harness (>= 1M reads of mode (b), kill -9 of walbust mid-run;
+## consistency: the consistency harness (>= 1M reads of mode (b), kill -9 of walbust mid-run;
 ## CONSISTENCY_FLAGS="-reads 200000" for a quicker run). `make test` runs a short version.
 consistency: deps
 	$(GO) run ./cmd/walbust-consistency $(CONSISTENCY_FLAGS)
