@@ -1,6 +1,7 @@
 # walbust — see README.md.
 #
 #   make demo    throwaway Postgres + Redis, walbust running, rows changed, keys shown vanishing
+#   make sandbox throwaway Postgres + Redis + walbust left running for client tests (docs/sandbox.md)
 #   make test    lint (gofmt, go vet, staticcheck if installed) + unit + e2e tests
 #   make build   bin/walbust
 #   make deps    install the Debian packages postgresql and redis-server when missing
@@ -21,13 +22,18 @@ GOPATH_BIN  := $(shell $(GO) env GOPATH 2>/dev/null)/bin
 STATICCHECK ?= $(GOPATH_BIN)/staticcheck
 TEST_FLAGS  ?= -count=1 -timeout 15m
 
-.PHONY: all bench consistency demo test unit lint fmt-check vet staticcheck build deps clean
+.PHONY: all bench consistency demo sandbox test unit lint fmt-check vet staticcheck build deps clean
 
 all: build
 
 ## demo: run the end-to-end demo against throwaway servers (leaves nothing running)
 demo: deps
 	$(GO) run ./cmd/walbust-demo
+
+## sandbox: throwaway Postgres + Redis + walbust, running until Ctrl-C; prints their addresses as
+## WALBUST_SANDBOX_*=... lines (docs/sandbox.md). SANDBOX_FLAGS="--redis cluster --replica" etc.
+sandbox: deps
+	$(GO) run ./cmd/walbust-sandbox $(SANDBOX_FLAGS)
 
 ## test: lint, then unit and e2e tests (e2e starts its own Postgres and redis-server)
 test: deps lint unit
