@@ -308,11 +308,13 @@ class AsyncClient:
             await src.initialize()
             nodes = src.get_nodes()
         node = random.choice(nodes)
-        kwargs = dict(src.get_connection_kwargs())
-        for k in ("host", "port"):
-            kwargs.pop(k, None)
-        cls = kwargs.pop("connection_class", Connection)
-        client = Redis(connection_pool=ConnectionPool(connection_class=cls, host=node.host, port=node.port, **kwargs))
+        # The node's own connection settings (host, port, auth, TLS...).
+        kwargs = dict(node.connection_kwargs)
+        kwargs.pop("response_callbacks", None)
+        kwargs.setdefault("host", node.host)
+        kwargs.setdefault("port", node.port)
+        cls = getattr(node, "connection_class", Connection)
+        client = Redis(connection_pool=ConnectionPool(connection_class=cls, **kwargs))
         return client.pubsub(), client
 
     async def _subscribe(self) -> None:
