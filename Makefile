@@ -6,6 +6,7 @@
 #   make build   bin/walbust
 #   make deps    install the Debian packages postgresql and redis-server when missing
 #   make consistency  the consistency harness: cache-aside readers vs walbust, primary + lagging replica
+#   make test-python  the Python client's tests (clients/python, pytest with Debian's /usr/bin/python3)
 #
 # demo and test need the PostgreSQL server binaries (/usr/lib/postgresql/*/bin)
 # and redis-server. They only use the binaries: the tests and the demo start
@@ -22,7 +23,7 @@ GOPATH_BIN  := $(shell $(GO) env GOPATH 2>/dev/null)/bin
 STATICCHECK ?= $(GOPATH_BIN)/staticcheck
 TEST_FLAGS  ?= -count=1 -timeout 15m
 
-.PHONY: all bench consistency demo sandbox test unit lint fmt-check vet staticcheck build deps clean
+.PHONY: all bench consistency demo sandbox test test-python test-node unit lint fmt-check vet staticcheck build deps clean
 
 all: build
 
@@ -100,6 +101,30 @@ bench: deps
 ## CONSISTENCY_FLAGS="-reads 200000" for a quicker run). `make test` runs a short version.
 consistency: deps
 	$(GO) run ./cmd/walbust-consistency $(CONSISTENCY_FLAGS)
+
+## test-python: clients/python's tests with Debian's /usr/bin/python3; installs python3-redis and
+# python3-pytest (and redis-server/redis-tools via deps) when missing. The tests start their own
+# redis-server processes (standalone and a 3-node cluster) on free ports.
+PYTHON ?= /usr/bin/python3
+
+test-python: deps
+	@missing=""; \
+	if ! $(PYTHON) -c 'import redis' >/dev/null 2>&1; then missing="$$missing python3-redis"; fi; \
+	if ! $(PYTHON) -c 'import pytest' >/dev/null 2>&1; then missing="$$missing python3-pytest"; fi; \
+	if [ -n "$$missing" ]; then \
+		echo "test-python: missing:$$missing; installing Debian packages"; \
+		if ! command -v apt-get >/dev/null 2>&1; then \
+			echo "test-python: apt-get not found; install$$missing for $(PYTHON) yourself" >&2; exit 1; \
+		fi; \
+		sudo=""; \
+		if [ "$$(id -u)" -ne 0 ]; then \
+			if command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
+			else echo "test-python: not root and sudo not available; run as root: apt-get install -y$$missing" >&2; exit 1; fi; \
+		fi; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+	$(PYTHON) -m pytest $(PYTEST_FLAGS) clients/python
 
 clean:
 	rm -rf bin

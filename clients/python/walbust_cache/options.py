@@ -1,0 +1,212 @@
+"""Options, errors and the small types the sync and async clients share."""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Dict, Optional
+
+from .protocol import DEFAULT_EVENTS_CHANNEL
+
+__all__ = ["Options", "L1Options", "NotFound", "Observation", "Stats", "KeyFormat", "jitter"]
+
+
+class NotFound(Exception):
+    """Raised by a loader when there is no such row; ``get`` caches that
+    (for ``Options.negative_ttl``) and raises it again for the cached entry."""
+
+    def __init__(self, key: str = "") -> None:
+        super().__init__(f"{key!r}: not found" if key else "not found")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the reader saw in Redis before deciding to load."""
+
+    #: Commit LSN of the newest fence the key carried (0 if none was seen:
+    #: the key was simply absent). A loader reading a replica can check
+    #: :meth:`replica_caught_up` and read the primary instead.
+    fence_lsn: int = 0
+    #: A background stale-while-revalidate reload.
+    revalidation: bool = False
+
+    def replica_caught_up(self, replay_lsn: int) -> bool:
+        """Whether a replica whose ``pg_last_wal_replay_lsn()`` is
+        ``replay_lsn`` has applied the commit the fence stands for (the LSN
+        is the start of the commit record, so replay must be past it)."""
+        return replay_lsn > self.fence_lsn
+
+
+class KeyFormat:
+    """A companion key as deps.yaml spells it: text around ``{key}``, e.g.
+    ``"{key}:stale"`` or ``"{key}:version"``."""
+
+    def __init__(self, spec: str) -> None:
+        prefix, sep, suffix = spec.partition("{key}")
+        if not sep or "{key}" in suffix:
+            raise ValueError(f"{spec!r} must contain {{key}} exactly once")
+        if not prefix and not suffix:
+            raise ValueError(f"{spec!r} would be the key itself")
+        self.spec, self.prefix, self.suffix = spec, prefix, suffix
+
+    def __call__(self, key: str) -> str:
+        return self.prefix + key + self.suffix
+
+    def __repr__(self) -> str:
+        return f"KeyFormat({self.spec!r})"
+
+
+@dataclass(frozen=True)
+class L1Options:
+    """The in-process cache. It holds entries only while subscribed to
+    walbust's events channel; every event drops the keys it lists and the
+    keys its patterns match, and the whole L1 is emptied whenever the
+    subscription is (re)established or found dead."""
+
+    #: walbust's events channel (``events.channel``).
+    channel: str = DEFAULT_EVENTS_CHANNEL
+    #: Caps an entry's life in process (seconds), whatever the events say.
+    ttl: float = 5.0
+    #: Bound on entries; when full an arbitrary entry is evicted.
+    max_entries: int = 10000
+    #: A subscription silent this long (seconds) is pinged, and one silent
+    #: for twice as long is considered dead.
+    ping_interval: float = 1.0
+    #: Optional client to subscribe with instead of the cache's own (for
+    #: ``redis.asyncio.RedisCluster``, which has no pub/sub in redis-py 4.3,
+    #: the client otherwise subscribes on one of the cluster's nodes).
+    pubsub_client: Any = None
+
+    def validate(self) -> None:
+        if self.ttl < 0 or self.ping_interval <= 0 or self.max_entries < 0:
+            raise ValueError("walbust_cache: L1 ttl and max_entries must not be negative, ping_interval must be positive")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Configure a client. Durations are in seconds (floats)."""
+
+    #: How long a filled value is fresh, give or take ``jitter``.
+    ttl: float = 600.0
+    #: Spread TTLs by ±jitter×ttl so keys filled together do not expire
+    #: together (0 or negative: none).
+    jitter: float = 0.1
+    #: Keep a value in Redis this long after it went stale: readers get it
+    #: at once while one of them reloads it in the background (0: off).
+    stale_while_revalidate: float = 0.0
+    #: How long a not-found result is cached (None or negative: not cached).
+    negative_ttl: Optional[float] = 30.0
+    #: Bound on a lease taken over an absent key; a lease over a tombstone
+    #: keeps the tombstone's remaining TTL.
+    lease_ttl: float = 10.0
+    #: How long a reader that finds another reader's lease waits for its
+    #: value before loading itself (negative: do not wait).
+    lease_wait: float = 2.0
+    #: Bound on one load (async loaders are cancelled after it; sync ones
+    #: cannot be interrupted) and the claim a revalidation takes.
+    load_timeout: float = 10.0
+    #: A load that took longer than the lease's TTL minus this is not
+    #: written back: the lease, and the fence it replaced, may be gone.
+    fill_margin: float = 0.25
+    #: TTL of the tombstones ``fence()`` writes (walbust's fence_ttl default).
+    fence_ttl: float = 60.0
+    #: ``action: stale``: when the loader fails, serve the last good value
+    #: walbust moved to ``stale_key`` (per call: ``get(..., stale_fallback=)``).
+    stale_fallback: bool = False
+    #: deps.yaml's ``stale_key``.
+    stale_key: str = "{key}:stale"
+    #: deps.yaml's ``version_key`` (``action: bump``), for ``get_versioned``.
+    version_key: str = "{key}:version"
+    #: Where ``get_versioned`` caches a version's value; ``{version}`` is the
+    #: decimal version (0 before the first bump).
+    versioned_key: str = "{key}:v{version}"
+    #: The in-process cache (None: none).
+    l1: Optional[L1Options] = None
+
+    def validate(self) -> "Options":
+        if self.ttl < 0.001:
+            raise ValueError(f"walbust_cache: ttl {self.ttl}: must be at least 1ms")
+        if self.jitter >= 1:
+            raise ValueError(f"walbust_cache: jitter {self.jitter}: must be below 1")
+        if self.stale_while_revalidate < 0:
+            raise ValueError("walbust_cache: stale_while_revalidate must not be negative")
+        if min(self.lease_ttl, self.load_timeout, self.fence_ttl) < 0.001:
+            raise ValueError("walbust_cache: lease_ttl, load_timeout and fence_ttl must be at least 1ms")
+        if self.fill_margin < 0:
+            raise ValueError("walbust_cache: fill_margin must not be negative")
+        KeyFormat(self.stale_key)
+        KeyFormat(self.version_key)
+        if "{key}" not in self.versioned_key or "{version}" not in self.versioned_key:
+            raise ValueError("walbust_cache: versioned_key must contain {key} and {version}")
+        if self.l1 is not None:
+            self.l1.validate()
+        return self
+
+    @classmethod
+    def build(cls, options: Optional["Options"], overrides: Dict[str, Any]) -> "Options":
+        o = options if options is not None else cls()
+        if overrides:
+            known = {f.name for f in fields(cls)}
+            bad = set(overrides) - known
+            if bad:
+                raise TypeError(f"walbust_cache: unknown options {sorted(bad)}")
+            o = replace(o, **overrides)
+        return o.validate()
+
+    @property
+    def negative_caching(self) -> bool:
+        return self.negative_ttl is not None and self.negative_ttl >= 0
+
+
+def jitter(d: float, j: float) -> float:
+    """``d`` spread by ±j×d, at least 1ms."""
+    if j > 0:
+        d += d * j * (2 * random.random() - 1)
+    return max(d, 0.001)
+
+
+@dataclass
+class Stats:
+    """A client's counters since it was made."""
+
+    hits: int = 0  # gets answered from Redis
+    l1_hits: int = 0  # gets answered in process
+    misses: int = 0  # gets that found no value in Redis
+    loads: int = 0  # loader calls, revalidations included
+    fills: int = 0  # values written back
+    fills_lost: int = 0  # write-backs refused because the key changed
+    fills_skipped: int = 0  # write-backs not attempted: the load outlasted the lease
+    lease_waits: int = 0  # misses that waited for another reader's lease
+    stale_served: int = 0  # stale values served while revalidating
+    revalidations: int = 0  # background reloads started
+    stale_fallbacks: int = 0  # failed loads answered from the stale key
+    l1_resets: int = 0  # times the L1 was emptied because its subscription (re)started or died
+
+
+class Counters:
+    """Thread-safe counters behind :class:`Stats`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._n = Stats()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self._n, name, getattr(self._n, name) + n)
+
+    def snapshot(self) -> Stats:
+        with self._lock:
+            return replace(self._n)
+
+
+@dataclass
+class Result:
+    """What one get learned: a value or a not-found."""
+
+    payload: bytes = b""
+    not_found: bool = False
+    soft_expiry_ms: int = 0  # of the envelope in Redis, when filled or read
+    cache_l1: bool = False  # came from Redis or from our own fill: fit for the L1
+    from_stale: bool = field(default=False)
