@@ -2,7 +2,7 @@
 #
 #   make demo    throwaway Postgres + Redis, walbust running, rows changed, keys shown vanishing
 #   make sandbox throwaway Postgres + Redis + walbust left running for client tests (docs/sandbox.md)
-#   make test    lint (gofmt, go vet, staticcheck if installed) + unit + e2e tests
+#   make test    lint (gofmt, go vet, staticcheck if installed) + unit + e2e tests + client tests
 #   make build   bin/walbust
 #   make deps    install the Debian packages postgresql and redis-server when missing
 #   make consistency  the consistency harness: cache-aside readers vs walbust, primary + lagging replica
@@ -22,6 +22,7 @@ LDFLAGS     := -X main.version=$(VERSION)
 GOPATH_BIN  := $(shell $(GO) env GOPATH 2>/dev/null)/bin
 STATICCHECK ?= $(GOPATH_BIN)/staticcheck
 TEST_FLAGS  ?= -count=1 -timeout 15m
+PYTHON      ?= /usr/bin/python3
 
 .PHONY: all bench consistency demo sandbox test test-python test-node unit lint fmt-check vet staticcheck build deps clean
 
@@ -37,7 +38,7 @@ sandbox: deps
 	$(GO) run ./cmd/walbust-sandbox $(SANDBOX_FLAGS)
 
 ## test: lint, then unit and e2e tests (e2e starts its own Postgres and redis-server)
-test: deps lint unit
+test: deps lint unit test-python
 
 # unit depends on deps too, so the order holds under make -j.
 unit: deps
@@ -78,20 +79,22 @@ deps:
 	if [ -z "$$pg" ] || [ ! -x "$$(dirname "$$pg")/initdb" ]; then missing="$$missing postgresql"; fi; \
 	if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then missing="$$missing redis-server"; fi; \
 	if ! command -v redis-cli >/dev/null 2>&1 && [ ! -x /usr/bin/redis-cli ]; then missing="$$missing redis-tools"; fi; \
+	if ! $(PYTHON) -c 'import redis' >/dev/null 2>&1; then missing="$$missing python3-redis"; fi; \
+	if ! $(PYTHON) -c 'import pytest' >/dev/null 2>&1; then missing="$$missing python3-pytest"; fi; \
 	if [ -z "$$missing" ]; then \
-		echo "deps: postgresql, redis-server and redis-cli binaries present"; exit 0; \
+		echo "deps: postgresql, redis-server, redis-cli, python3-redis and python3-pytest present"; exit 0; \
 	fi; \
-	echo "deps: missing:$$missing; installing Debian packages postgresql redis-server redis-tools"; \
+	echo "deps: missing:$$missing; installing the Debian packages"; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
-		echo "deps: apt-get not found; install PostgreSQL (server binaries under /usr/lib/postgresql/<ver>/bin) and redis-server yourself" >&2; exit 1; \
+		echo "deps: apt-get not found; install$$missing yourself (PostgreSQL server binaries under /usr/lib/postgresql/<ver>/bin)" >&2; exit 1; \
 	fi; \
 	sudo=""; \
 	if [ "$$(id -u)" -ne 0 ]; then \
 		if command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
-		else echo "deps: not root and sudo not available; run as root: apt-get install -y postgresql redis-server redis-tools" >&2; exit 1; fi; \
+		else echo "deps: not root and sudo not available; run as root: apt-get install -y$$missing" >&2; exit 1; fi; \
 	fi; \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update; \
-	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql redis-server redis-tools
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing
 
 ## bench: the benchmark suite (quick scale; BENCH_FLAGS="-scale full" for the full sizes)
 bench: deps
@@ -102,29 +105,11 @@ bench: deps
 consistency: deps
 	$(GO) run ./cmd/walbust-consistency $(CONSISTENCY_FLAGS)
 
-## test-python: clients/python's tests with Debian's /usr/bin/python3; installs python3-redis and
-# python3-pytest (and redis-server/redis-tools via deps) when missing. The tests start their own
-# redis-server processes (standalone and a 3-node cluster) on free ports.
-PYTHON ?= /usr/bin/python3
-
+## test-python: clients/python's tests with Debian's /usr/bin/python3 (python3-redis, python3-pytest
+# from deps). They start their own redis-server processes (standalone and a 3-node cluster), and a
+# walbust sandbox (cmd/walbust-sandbox) for the tests against the real daemon.
 test-python: deps
-	@missing=""; \
-	if ! $(PYTHON) -c 'import redis' >/dev/null 2>&1; then missing="$$missing python3-redis"; fi; \
-	if ! $(PYTHON) -c 'import pytest' >/dev/null 2>&1; then missing="$$missing python3-pytest"; fi; \
-	if [ -n "$$missing" ]; then \
-		echo "test-python: missing:$$missing; installing Debian packages"; \
-		if ! command -v apt-get >/dev/null 2>&1; then \
-			echo "test-python: apt-get not found; install$$missing for $(PYTHON) yourself" >&2; exit 1; \
-		fi; \
-		sudo=""; \
-		if [ "$$(id -u)" -ne 0 ]; then \
-			if command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
-			else echo "test-python: not root and sudo not available; run as root: apt-get install -y$$missing" >&2; exit 1; fi; \
-		fi; \
-		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update; \
-		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
-	fi
-	$(PYTHON) -m pytest $(PYTEST_FLAGS) clients/python
+	clients/with-sandbox $(PYTHON) -m pytest $(PYTEST_FLAGS) clients/python
 
 clean:
 	rm -rf bin
