@@ -24,8 +24,8 @@ type Plan struct {
 	// UnrenderedKeys what each unrendered key lacked (walbust explain).
 	Explain        bool
 	UnrenderedKeys []UnrenderedKey
-	Skipped    int // rules skipped by when_changed or on
-	Lookups    int // queries run
+	Skipped        int // rules skipped by when_changed or on
+	Lookups        int // queries run
 	// Overflowed: past the mapper's MaxTxChanges, some tables' rows were
 	// replaced by their on_truncate rules.
 	Overflowed   bool

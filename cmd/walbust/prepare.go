@@ -6,8 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	iofs "io/fs"
+	"os"
 	"strings"
 
 	"go.uber.org/zap"
