@@ -296,10 +296,14 @@ type regExplainLine struct {
 	action, kind, key, pos, rule, detail string
 }
 
-// regParseExplain reads the invalidation lines of walbust explain's output.
+// regParseExplain reads the invalidation lines of walbust explain's output
+// (those before the list of keys that could not be rendered).
 func regParseExplain(out string) []regExplainLine {
 	var lines []regExplainLine
 	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "could not be rendered") {
+			break
+		}
 		if !strings.HasPrefix(l, "  ") {
 			continue
 		}

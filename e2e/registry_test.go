@@ -711,6 +711,9 @@ INSERT INTO team_members VALUES (10, 1), (20, 1);`})
 		header string
 		want   []regExplainLine
 		also   []string // further lines of output
+		// unrendered: for each key that could not be rendered, words its
+		// line must hold (template, position, what was missing).
+		unrendered [][]string
 	}{{
 		name:   "team change",
 		args:   []string{"--table", "public.users", "--op", "update", "--old", alice(3, "alice@example.com"), "--new", alice(4, "alice@example.com")},
@@ -770,6 +773,23 @@ INSERT INTO team_members VALUES (10, 1), (20, 1);`})
 			{"delete", "pattern", "search:users:*", "deps.yaml:19:47", "on_truncate", ""},
 		},
 	}, {
+		name:   "delete with only the key given",
+		args:   []string{"--table", "public.users", "--op", "delete", "--old", `{"id":1}`},
+		header: "delete public.users: 5 invalidation(s), 0 rule(s) skipped, 1 lookup(s)",
+		want: []regExplainLine{
+			{"delete", "key", "user:1", "deps.yaml:7:9", "keys", ""},
+			{"delete", "key", "user:1:profile", "deps.yaml:8:9", "keys", ""},
+			{"delete", "key", "leaderboard:global", "deps.yaml:11:42", "derived[0]", ""},
+			{"delete", "key", "team:10:members", "deps.yaml:17:16", "derived[2]", ""},
+			{"delete", "key", "team:20:members", "deps.yaml:17:16", "derived[2]", ""},
+		},
+		also: []string{"3 key(s) could not be rendered: a value they need was not given (or not sent by the replica identity):"},
+		unrendered: [][]string{
+			{"user-by-email:{email}", "deps.yaml:9:9", "keys", "missing from the old row: email"},
+			{"team:{team_id}:members", "deps.yaml:11:16", "derived[0]", "missing from the old row: team_id"},
+			{"search:users:{name}:*", "deps.yaml:13:20", "derived[1]", "missing from the old row: name"},
+		},
+	}, {
 		name:   "truncate without on_truncate",
 		args:   []string{"--table", "public.products", "--op", "truncate"},
 		header: "truncate public.products: 0 invalidation(s), 0 rule(s) skipped, 0 lookup(s)",
@@ -791,6 +811,15 @@ INSERT INTO team_members VALUES (10, 1), (20, 1);`})
 			if !strings.Contains(out, l+"\n") {
 				t.Errorf("%s: explain output lacks %q:\n%s", c.name, l, out)
 			}
+		}
+	next:
+		for _, words := range c.unrendered {
+			for _, line := range strings.Split(out, "\n") {
+				if regContainsAll(line, words) {
+					continue next
+				}
+			}
+			t.Errorf("%s: explain output has no line naming the unrendered key with %q:\n%s", c.name, words, out)
 		}
 	}
 	// Nothing in Redis changed: no key gone, no version or stale key made.
@@ -956,4 +985,13 @@ INSERT INTO team_members VALUES (10, 1);`)
 	}
 	eventually(t, 2*time.Minute, func() bool { return !e.exists("user:1") && !e.exists("team:10:members") },
 		func() string { return "keys still cached after the lock was released" })
+}
+
+func regContainsAll(s string, words []string) bool {
+	for _, w := range words {
+		if !strings.Contains(s, w) {
+			return false
+		}
+	}
+	return true
 }

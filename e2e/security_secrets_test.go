@@ -135,7 +135,7 @@ host replication all 127.0.0.1/32 trust
 		t.Errorf("walbust validate exited %d, want 0 with redis: ok:\n%s", code, out)
 	}
 
-	base := e.secStart(append(good, "--debug-pprof", "true"), redisEnv(redisPassword))
+	base := e.secStart(append(good, "--debug-pprof=true"), redisEnv(redisPassword))
 	e.cache("product:1", "category:1:products")
 	e.exec("UPDATE products SET price_cents = 11 WHERE id = 1")
 	e.waitGone("product:1", "category:1:products")

@@ -188,6 +188,7 @@ func renderRule(plan *Plan, r *Rule, row Row, version wal.LSN) {
 			plan.add(t, plan.buf, version)
 		} else if unknown(row) {
 			plan.Unrendered++
+			plan.noteUnrendered(t, r, row, t.Columns())
 		}
 	}
 	for _, t := range r.Patterns {
@@ -196,6 +197,7 @@ func renderRule(plan *Plan, r *Rule, row Row, version wal.LSN) {
 			plan.add(t, plan.buf, version)
 		} else if unknown(row) {
 			plan.Unrendered++
+			plan.noteUnrendered(t, r, row, t.Columns())
 		}
 	}
 }
@@ -219,6 +221,13 @@ func (m *Mapper) recordLookups(plan *Plan, b *binding, r *Rule, images []*image)
 		}
 		if !complete {
 			plan.Unrendered++
+			if plan.Explain {
+				names := make([]string, len(r.Query.Args))
+				for i, a := range r.Query.Args {
+					names[i] = a.Name
+				}
+				plan.noteUnrendered(nil, r, img, names)
+			}
 			continue
 		}
 		plan.addLookup(r, args, 0)
@@ -298,10 +307,11 @@ type image struct {
 	// identity, so key columns of the old row equal those of the new row.
 	keyFrom   []wal.Value
 	isUnknown bool // a referenced column's value was not sent
+	old       bool // the old row image (for explain's messages)
 }
 
 func oldImage(b *binding, c *wal.Change) image {
-	img := image{b: b, vals: c.Old}
+	img := image{b: b, vals: c.Old, old: true}
 	if c.Old == nil && c.Op == wal.Update {
 		img.keyFrom = c.New
 	}
@@ -337,6 +347,30 @@ func (img *image) Text(column string) ([]byte, bool) {
 		return nil, false
 	}
 	return v.Data, v.Kind == wal.Text
+}
+
+// noteUnrendered records, when the plan explains, which of columns the row
+// image lacked for t (nil: r's query arguments).
+func (p *Plan) noteUnrendered(t *Template, r *Rule, row Row, columns []string) {
+	img, ok := row.(*image)
+	if !p.Explain || !ok {
+		return
+	}
+	u := UnrenderedKey{Template: t, Rule: r, Image: "new"}
+	if img.old {
+		u.Image = "old"
+	}
+	for _, c := range columns {
+		if _, ok := img.value(c); !ok {
+			u.Missing = append(u.Missing, c)
+		}
+	}
+	for _, seen := range p.UnrenderedKeys {
+		if seen.Template == u.Template && seen.Rule == u.Rule && seen.Image == u.Image {
+			return
+		}
+	}
+	p.UnrenderedKeys = append(p.UnrenderedKeys, u)
 }
 
 func unknown(r Row) bool {

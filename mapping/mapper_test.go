@@ -756,3 +756,36 @@ tables:
 		}
 	}
 }
+
+// With Explain, the plan names each unrendered template, its row image and
+// the columns it lacked.
+func TestExplainNamesUnrenderedKeys(t *testing.T) {
+	reg := mustParse(t, `version: 1
+tables:
+  public.users:
+    keys:
+      - "user:{id}"
+      - "team:{team_id}:user:{email}"
+`)
+	for _, explain := range []bool{false, true} {
+		plan := mapping.Plan{Explain: explain}
+		change := wal.Change{Op: wal.Delete, Relation: usersRel, Old: row(txt("1"), missing, missing, missing)}
+		mapping.NewMapper(reg, nil).MapChange(&change, &plan)
+		if plan.Unrendered != 1 {
+			t.Fatalf("Unrendered = %d, want 1", plan.Unrendered)
+		}
+		if !explain {
+			if len(plan.UnrenderedKeys) != 0 {
+				t.Errorf("UnrenderedKeys recorded without Explain: %v", plan.UnrenderedKeys)
+			}
+			continue
+		}
+		if len(plan.UnrenderedKeys) != 1 {
+			t.Fatalf("UnrenderedKeys = %v, want one", plan.UnrenderedKeys)
+		}
+		u := plan.UnrenderedKeys[0]
+		if u.Template.Source != "team:{team_id}:user:{email}" || u.Image != "old" || !reflect.DeepEqual(u.Missing, []string{"team_id", "email"}) {
+			t.Errorf("UnrenderedKeys[0] = %s, %s row, missing %v; want team:{team_id}:user:{email}, old, [team_id email]", u.Template.Source, u.Image, u.Missing)
+		}
+	}
+}

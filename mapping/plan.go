@@ -20,8 +20,12 @@ type Plan struct {
 	Problems   []Problem
 	Changes    int // row changes of registered tables
 	Unrendered int // keys skipped because a value they need was not sent
-	Skipped    int // rules skipped by when_changed or on
-	Lookups    int // queries run
+	// Explain, set by the caller, makes the mapper record in
+	// UnrenderedKeys what each unrendered key lacked (walbust explain).
+	Explain        bool
+	UnrenderedKeys []UnrenderedKey
+	Skipped        int // rules skipped by when_changed or on
+	Lookups        int // queries run
 	// Overflowed: past the mapper's MaxTxChanges, some tables' rows were
 	// replaced by their on_truncate rules.
 	Overflowed   bool
@@ -70,6 +74,15 @@ type Problem struct {
 
 func (p Problem) String() string { return fmt.Sprintf("%s on %s: %s", p.Op, p.Table, p.Msg) }
 
+// UnrenderedKey is a template (or a lookup's arguments) that could not be
+// rendered from a row image, and the columns it lacked.
+type UnrenderedKey struct {
+	Template *Template // nil for a lookup query's arguments
+	Rule     *Rule
+	Image    string   // "old" or "new": the row image it was rendered from
+	Missing  []string // the columns referenced whose value was not given
+}
+
 // ChangeCount is how many changes of one kind a plan saw on one table.
 type ChangeCount struct {
 	Table string
@@ -92,6 +105,7 @@ func (p *Plan) Size() int {
 func (p *Plan) Reset() {
 	p.Problems = p.Problems[:0]
 	p.Changes, p.Unrendered, p.Skipped, p.Lookups = 0, 0, 0, 0
+	p.UnrenderedKeys = p.UnrenderedKeys[:0]
 	p.Overflowed = false
 	p.ChangeCounts = p.ChangeCounts[:0]
 	p.Unmapped = p.Unmapped[:0]

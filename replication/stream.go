@@ -155,6 +155,7 @@ func (s *Streamer[S]) session(ctx context.Context, out chan<- *Committed[S]) err
 			return err
 		}
 	}
+	from, fromWhat := startPosition(ctx, conn, s.opts.Slot, start)
 	err = pglogrepl.StartReplication(ctx, conn, s.opts.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
 		PluginArgs: pluginArgs(conn, s.opts.Publication),
 	})
@@ -168,7 +169,8 @@ func (s *Streamer[S]) session(ctx context.Context, out chan<- *Committed[S]) err
 	// progress through the connection's deadline instead.
 	stopWake := context.AfterFunc(ctx, func() { _ = conn.Conn().SetReadDeadline(time.Now()) })
 	defer stopWake()
-	s.log.Info("streaming", zap.String("slot", s.opts.Slot), zap.String("publication", s.opts.Publication), zap.Stringer("start_lsn", start))
+	s.log.Info("streaming", zap.String("slot", s.opts.Slot), zap.String("publication", s.opts.Publication),
+		zap.Stringer("start_lsn", from), zap.String("start_from", fromWhat), zap.Stringer("requested_lsn", start))
 	for {
 		if err := s.maybeReport(ctx, false); err != nil {
 			return err
@@ -430,4 +432,29 @@ func isSlotLoss(e *pgconn.PgError) bool {
 func isSlotInUse(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "55006"
+}
+
+// startPosition is where streaming from requested really starts: Postgres
+// sends nothing before the slot's confirmed_flush_lsn, so the later of the
+// two, and what it came from.
+func startPosition(ctx context.Context, conn *pgconn.PgConn, slot string, requested wal.LSN) (wal.LSN, string) {
+	// A replication connection runs simple-protocol SQL; slot names are
+	// identifiers (lower-case letters, digits, underscores).
+	res, err := conn.Exec(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '"+strings.ReplaceAll(slot, "'", "''")+"'").ReadAll()
+	var confirmed wal.LSN
+	if err == nil && (len(res) != 1 || len(res[0].Rows) != 1 || res[0].Rows[0][0] == nil) {
+		err = fmt.Errorf("slot %s has no confirmed position", slot)
+	}
+	if err == nil {
+		confirmed, err = wal.ParseLSN(string(res[0].Rows[0][0]))
+	}
+	switch {
+	case err != nil:
+		return requested, "requested position (the slot's confirmed position is unknown: " + err.Error() + ")"
+	case requested == 0:
+		return confirmed, "the slot's confirmed_flush_lsn (the checkpoint is empty)"
+	case confirmed > requested:
+		return confirmed, "the slot's confirmed_flush_lsn (ahead of the checkpoint)"
+	}
+	return requested, "the checkpoint"
 }

@@ -20,12 +20,16 @@ import (
 // explainCommand prints what walbust would do for one row change, through
 // the same mapper as run, touching nothing in Redis.
 func explainCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, loader := newFlags("explain", stderr)
+	fs := newFlags("explain", `Usage: walbust explain --table schema.table --op insert|update|delete|truncate [--old JSON] [--new JSON]
+
+Prints what walbust would invalidate for one row change, through the same mapper as run,
+touching nothing in Redis. The table is described from the database when it is reachable
+(so replica identity is as in production), else REPLICA IDENTITY FULL is assumed.`, stderr)
 	table := fs.String("table", "", "table, as schema.table")
 	opName := fs.String("op", "", "insert, update, delete or truncate")
 	oldJSON := fs.String("old", "", `old row as JSON, e.g. '{"id":1,"team_id":3}' (update, delete)`)
 	newJSON := fs.String("new", "", `new row as JSON (insert, update)`)
-	l, err := loadWith(fs, loader, args, stderr)
+	l, err := loadWith(fs, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -58,7 +62,7 @@ func explainCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	// The same steps as run: map the change as it is decoded, then run the
 	// lookups its commit would trigger.
-	var plan mapping.Plan
+	plan := mapping.Plan{Explain: true}
 	mapper := mapping.NewMapper(l.reg, querier)
 	mapper.MapChange(&change, &plan)
 	if err := mapper.Resolve(ctx, &plan); err != nil {
@@ -198,7 +202,19 @@ func printPlan(w io.Writer, file, table string, op wal.Op, note string, plan *ma
 	}
 	tw.Flush()
 	if plan.Unrendered > 0 {
-		fmt.Fprintf(w, "%d key(s) could not be rendered: a value they need was not given (or not sent by the replica identity)\n", plan.Unrendered)
+		fmt.Fprintf(w, "%d key(s) could not be rendered: a value they need was not given (or not sent by the replica identity):\n", plan.Unrendered)
+		tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+		for _, u := range plan.UnrenderedKeys {
+			what, line, col := "", u.Rule.Line, u.Rule.Column
+			switch {
+			case u.Template != nil:
+				what, line, col = u.Template.Source, u.Template.Line, u.Template.Column
+			case u.Rule.Query != nil:
+				what, line, col = "query arguments", u.Rule.Query.Line, u.Rule.Query.Column
+			}
+			fmt.Fprintf(tw, "  %s\t%s:%d:%d\t%s\tmissing from the %s row: %s\n", what, file, line, col, u.Rule.Name, u.Image, strings.Join(u.Missing, ", "))
+		}
+		tw.Flush()
 	}
 	for _, p := range plan.Problems {
 		fmt.Fprintln(w, "problem:", p.Msg)

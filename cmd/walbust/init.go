@@ -3,13 +3,11 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 
-	"github.com/walbust/walbust/internal/config"
 	"github.com/walbust/walbust/internal/scaffold"
 )
 
@@ -17,27 +15,17 @@ import (
 // schema. The Postgres URL (and the other settings it writes) come as for
 // every command: flag > environment > --config file > default.
 func initCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("walbust init", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	loader := config.NewLoader(fs)
+	f := newFlags("init", `Usage: walbust init [--postgres-url URL] [--tables public.a,public.b] [--dir .] [--force]
+
+Reads the database's schema and writes a starter walbust.yaml and deps.yaml. The Postgres URL,
+slot, publication, Redis URL, checkpoint and listen address written are the ones given as
+flags, environment variables or --config, else the defaults. No password is written.`, stderr)
+	fs, loader := f.FlagSet, f.loader
 	tables := fs.String("tables", "", "comma-separated tables (schema.table) to write rules for; default: every table outside the system schemas, partitions aside")
 	dir := fs.String("dir", ".", "directory to write walbust.yaml and deps.yaml into")
 	force := fs.Bool("force", false, "overwrite walbust.yaml and deps.yaml when they exist")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, "Usage: walbust init [--postgres-url URL] [--tables public.a,public.b] [--dir .] [--force]\n\n"+
-			"Reads the database's schema and writes a starter walbust.yaml and deps.yaml. The Postgres URL,\n"+
-			"slot, publication, Redis URL, checkpoint and listen address written are the ones given as\n"+
-			"flags, environment variables or --config, else the defaults. No password is written.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	cfg, err := loader.Load(os.LookupEnv)
 	if err != nil {

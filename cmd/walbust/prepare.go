@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"os"
 	"strings"
 
@@ -24,31 +25,94 @@ type loaded struct {
 	log *zap.Logger
 }
 
-// newFlags returns a command's flag set with the configuration flags on it.
-func newFlags(name string, stderr io.Writer) (*flag.FlagSet, *config.Loader) {
+// The configuration groups each command uses: its -h lists their flags and
+// no others.
+var commandGroups = map[string]config.Group{
+	"run":      config.GroupAll,
+	"setup":    config.GroupPostgres | config.GroupSlot | config.GroupDeps | config.GroupShard,
+	"teardown": config.GroupPostgres | config.GroupSlot | config.GroupDeps | config.GroupShard,
+	"validate": config.GroupPostgres | config.GroupSlot | config.GroupRedis | config.GroupRedisExtra | config.GroupDeps | config.GroupCheckpoint | config.GroupShard,
+	"explain":  config.GroupPostgres | config.GroupDeps,
+	"status":   config.GroupPostgres | config.GroupSlot | config.GroupCheckpoint | config.GroupListen | config.GroupShard,
+	"init":     config.GroupPostgres | config.GroupSlot | config.GroupRedis | config.GroupCheckpoint | config.GroupListen,
+}
+
+// flagSet is a command's flag set with its configuration flags on it; the
+// usage line goes above the flags in -h.
+type flagSet struct {
+	*flag.FlagSet
+	loader *config.Loader
+	groups config.Group
+}
+
+// newFlags returns a command's flag set with its configuration flags on it.
+// usage is the command's synopsis and description, printed above them.
+func newFlags(name, usage string, stderr io.Writer) *flagSet {
 	fs := flag.NewFlagSet("walbust "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	return fs, config.NewLoader(fs)
+	groups := commandGroups[name]
+	f := &flagSet{FlagSet: fs, loader: config.NewLoaderFor(fs, groups), groups: groups}
+	if name != "init" {
+		f.loader.Discover()
+	}
+	fs.Usage = func() {
+		fmt.Fprint(stderr, strings.TrimRight(usage, "\n")+"\n\nFlags (a flag wins over its environment variable, which wins over walbust.yaml):\n")
+		fs.PrintDefaults()
+	}
+	return f
 }
 
 // load parses a command's flags, the config and the registry. Any problem
 // here is the operator's to fix, so it is a usageError (exit 2).
-func load(name string, args []string, stderr io.Writer) (*loaded, error) {
-	fs, loader := newFlags(name, stderr)
-	return loadWith(fs, loader, args, stderr)
+func load(name, usage string, args []string, stderr io.Writer) (*loaded, error) {
+	return loadWith(newFlags(name, usage, stderr), args, stderr)
 }
 
-func loadWith(fs *flag.FlagSet, loader *config.Loader, args []string, stderr io.Writer) (*loaded, error) {
+// parseFlags parses args, refusing arguments that are not flags.
+func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
+			return err
 		}
-		return nil, usageError{err}
+		return usageError{err}
 	}
 	if fs.NArg() > 0 {
-		return nil, usageError{fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))}
+		if b, ok := boolFlagBefore(fs, args); ok {
+			return usageError{fmt.Errorf("unexpected arguments: %s (--%s is a boolean flag: write --%s or --%s=%s)",
+				strings.Join(fs.Args(), " "), b, b, b, fs.Arg(0))}
+		}
+		return usageError{fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))}
 	}
-	cfg, err := loader.Load(os.LookupEnv)
+	return nil
+}
+
+// boolFlagBefore reports the boolean flag that the first leftover argument
+// ("true" or "false") was meant for: `--json true` ends the flags at "true".
+func boolFlagBefore(fs *flag.FlagSet, args []string) (string, bool) {
+	rest := fs.Args()
+	if v := rest[0]; v != "true" && v != "false" {
+		return "", false
+	}
+	i := len(args) - len(rest) - 1
+	if i < 0 {
+		return "", false
+	}
+	name := strings.TrimLeft(args[i], "-")
+	f := fs.Lookup(name)
+	if f == nil {
+		return "", false
+	}
+	if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+		return name, true
+	}
+	return "", false
+}
+
+func loadWith(fs *flagSet, args []string, stderr io.Writer) (*loaded, error) {
+	if err := parseFlags(fs.FlagSet, args); err != nil {
+		return nil, err
+	}
+	cfg, err := fs.loader.Load(os.LookupEnv)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("config: %w", err)}
 	}
@@ -56,14 +120,34 @@ func loadWith(fs *flag.FlagSet, loader *config.Loader, args []string, stderr io.
 	if err != nil {
 		return nil, usageError{err}
 	}
-	for _, w := range loader.Warnings() {
+	for _, w := range fs.loader.Warnings() {
 		log.Warn(w)
 	}
-	reg, err := daemon.LoadRegistry(cfg)
-	if err != nil {
+	l := &loaded{cfg: cfg, log: log}
+	if fs.groups&config.GroupDeps == 0 {
+		return l, nil // the command reads no deps.yaml
+	}
+	if l.reg, err = daemon.LoadRegistry(cfg); err != nil {
+		if fs.loader.File() == "" && errors.Is(err, iofs.ErrNotExist) {
+			return nil, usageError{noConfigError(cfg.Deps)}
+		}
 		return nil, usageError{err}
 	}
-	return &loaded{cfg: cfg, reg: reg, log: log}, nil
+	return l, nil
+}
+
+// noConfigError is what a command says when it was given no configuration
+// at all: no walbust.yaml, and no deps.yaml where the defaults point.
+func noConfigError(deps string) error {
+	wd, err := os.Getwd()
+	if err != nil {
+		wd = "the current directory"
+	}
+	return fmt.Errorf("no configuration found: no --config flag, WALBUST_CONFIG is not set, and there is no %s in %s "+
+		"(and no %s for deps.yaml either).\n"+
+		"Write both for your database with `walbust init --postgres-url postgres://USER@HOST:5432/DB` (see docs/init.md), "+
+		"or name your walbust.yaml with --config PATH or WALBUST_CONFIG=PATH",
+		config.DefaultFile, wd, deps)
 }
 
 // targets is what setup, validate and teardown act on: every shard when

@@ -12,7 +12,11 @@ import (
 // runCommand streams until SIGINT/SIGTERM: then the batch in flight is
 // finished, checkpointed and confirmed, and walbust exits 0.
 func runCommand(ctx context.Context, args []string, stderr io.Writer) (err error) {
-	l, err := load("run", args, stderr)
+	l, err := load("run", `Usage: walbust run [--config walbust.yaml] [--shard NAME]
+
+Streams changes from the replication slot and invalidates the cache keys deps.yaml derives
+from them, until SIGINT/SIGTERM (then the batch in flight is finished and confirmed, exit 0).
+SIGHUP reloads deps.yaml.`, args, stderr)
 	if err != nil {
 		return err
 	}

@@ -19,9 +19,12 @@ import (
 // setupCommand creates the publication, then the slot (in that order: see
 // replication.EnsureSlot), idempotently.
 func setupCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, loader := newFlags("setup", stderr)
+	fs := newFlags("setup", `Usage: walbust setup [--config walbust.yaml] [--shard NAME] [--print-sql]
+
+Creates the publication (deps.yaml's tables), then the replication slot, idempotently.
+With shards and no --shard, every shard's.`, stderr)
 	printSQL := fs.Bool("print-sql", false, "print the SQL a DBA runs to prepare a least-privilege role, and exit")
-	l, err := loadWith(fs, loader, args, stderr)
+	l, err := loadWith(fs, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -71,7 +74,10 @@ func setupCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 // teardownCommand drops the slot and the publication so a retired
 // deployment stops retaining WAL.
 func teardownCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	l, err := load("teardown", args, stderr)
+	l, err := load("teardown", `Usage: walbust teardown [--config walbust.yaml] [--shard NAME]
+
+Drops the replication slot (which otherwise retains WAL) and the publication.
+With shards and no --shard, every shard's.`, args, stderr)
 	if err != nil {
 		return err
 	}

@@ -46,9 +46,12 @@ var errUnhealthy = errors.New("replication slot missing or lost, or checkpoint u
 // missing or lost or the checkpoint file is unreadable, so it can back an
 // alert.
 func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, loader := newFlags("status", stderr)
+	fs := newFlags("status", `Usage: walbust status [--config walbust.yaml] [--shard NAME] [--json]
+
+Shows the slot, the lag, the checkpoint and, when reachable at listen, the daemon's own health.
+Exit 1 when the slot is missing or lost or the checkpoint is unusable.`, stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
-	l, err := loadWith(fs, loader, args, stderr)
+	l, err := loadWith(fs, args, stderr)
 	if err != nil {
 		return err
 	}

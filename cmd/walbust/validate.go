@@ -13,7 +13,10 @@ import (
 // every problem with its position; exit status 1 when there is any. With
 // shards and none chosen, every shard is checked against its publication.
 func validateCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	l, err := load("validate", args, stderr)
+	l, err := load("validate", `Usage: walbust validate [--config walbust.yaml] [--shard NAME]
+
+Checks deps.yaml against the live database and Redis and reports every problem at once,
+with file:line:column and the statement that fixes it; exit 1 when there is any.`, args, stderr)
 	if err != nil {
 		return err
 	}

@@ -181,25 +181,112 @@ func Defaults() *Config {
 	}
 }
 
+// Group is a set of settings one command uses: a command offers the flags
+// of its groups only. Settings outside them still come from the file and
+// the environment.
+type Group uint
+
+// The groups of settings.
+const (
+	GroupPostgres   Group = 1 << iota // postgres.url, postgres.password_file
+	GroupSlot                         // postgres.slot, postgres.publication
+	GroupRedis                        // redis.url, redis.mode, redis.password_file
+	GroupRedisExtra                   // redis TLS, sentinel and WAIT settings
+	GroupDeps                         // deps
+	GroupCheckpoint                   // checkpoint.path
+	GroupListen                       // listen
+	GroupShard                        // shard
+	GroupRun                          // what only `walbust run` uses: intervals, timeouts, log, replicas, events, debug
+	GroupAll        = GroupPostgres | GroupSlot | GroupRedis | GroupRedisExtra | GroupDeps | GroupCheckpoint | GroupListen | GroupShard | GroupRun
+)
+
+// group is the Group a setting belongs to.
+func (s setting) group() Group {
+	switch s.path {
+	case "postgres.url", "postgres.password_file":
+		return GroupPostgres
+	case "postgres.slot", "postgres.publication":
+		return GroupSlot
+	case "redis.url", "redis.mode", "redis.password_file":
+		return GroupRedis
+	case "deps":
+		return GroupDeps
+	case "checkpoint.path":
+		return GroupCheckpoint
+	case "listen":
+		return GroupListen
+	case "shard":
+		return GroupShard
+	}
+	if strings.HasPrefix(s.path, "redis.") {
+		return GroupRedisExtra
+	}
+	return GroupRun
+}
+
+// DefaultFile is the config file read, from the working directory, when
+// neither --config nor WALBUST_CONFIG names one.
+const DefaultFile = "walbust.yaml"
+
 // Loader registers the configuration flags on a FlagSet and builds the
 // Config once the flags are parsed.
 type Loader struct {
 	cfg        *Config
 	configPath string
 	flags      *flag.FlagSet
-	values     map[string]*string // flag name -> raw flag value
-	warnings   []string
+	registered map[string]bool // flag names of the settings on flags
+	// discover: with no --config or WALBUST_CONFIG, read ./walbust.yaml
+	// when there is one.
+	discover bool
+	used     string // the config file read ("" none)
+	warnings []string
 }
 
-// NewLoader registers --config and one flag per setting on fs.
-func NewLoader(fs *flag.FlagSet) *Loader {
-	l := &Loader{cfg: Defaults(), flags: fs, values: map[string]*string{}}
+// NewLoader registers --config and the flags of every setting on fs.
+func NewLoader(fs *flag.FlagSet) *Loader { return NewLoaderFor(fs, GroupAll) }
+
+// NewLoaderFor registers --config and the flags of the settings in groups,
+// typed (duration, int, bool, string) and with their defaults, so that
+// fs.PrintDefaults documents them. A flag given on the command line wins
+// over the environment and the file; one not given overrides neither.
+func NewLoaderFor(fs *flag.FlagSet, groups Group) *Loader {
+	l := &Loader{cfg: Defaults(), flags: fs, registered: map[string]bool{}}
 	fs.StringVar(&l.configPath, "config", os.Getenv("WALBUST_CONFIG"), "path to walbust.yaml (env WALBUST_CONFIG)")
 	for _, s := range l.cfg.settings() {
-		l.values[s.flag] = fs.String(s.flag, "", fmt.Sprintf("%s (env %s, yaml %s)", s.usage, s.env, s.path))
+		if s.group()&groups == 0 {
+			continue
+		}
+		l.registered[s.flag] = true
+		usage := fmt.Sprintf("%s (env %s, yaml %s)", s.usage, s.env, s.path)
+		// The defaults registered are Defaults()' values: l.cfg holds
+		// them until Load.
+		switch {
+		case s.dur != nil:
+			fs.Duration(s.flag, *s.dur, usage)
+		case s.num != nil:
+			fs.Int(s.flag, *s.num, usage)
+		case s.boolean != nil:
+			fs.Bool(s.flag, *s.boolean, usage)
+		case s.list != nil:
+			fs.String(s.flag, strings.Join(*s.list, ","), usage)
+		default:
+			fs.String(s.flag, *s.str, usage)
+		}
 	}
 	return l
 }
+
+// Discover makes Load read ./walbust.yaml when neither --config nor
+// WALBUST_CONFIG names a file.
+func (l *Loader) Discover() {
+	l.discover = true
+	if f := l.flags.Lookup("config"); f != nil {
+		f.Usage = "path to walbust.yaml (env WALBUST_CONFIG; neither given: ./" + DefaultFile + " when there is one)"
+	}
+}
+
+// File is the config file Load read, "" when none.
+func (l *Loader) File() string { return l.used }
 
 // Load reads the file (if any), then the environment, then the flags set on
 // the command line. lookupEnv is os.LookupEnv outside tests.
@@ -207,19 +294,32 @@ func (l *Loader) Load(lookupEnv func(string) (string, bool)) (*Config, error) {
 	cfg := l.cfg
 	base := "."
 	explicit := map[string]bool{} // settings given in the file, env or flags
-	if l.configPath != "" {
-		if err := cfg.readFile(l.configPath, explicit); err != nil {
+	path := l.configPath
+	if path == "" && l.discover {
+		if _, err := os.Stat(DefaultFile); err == nil {
+			path = DefaultFile
+		}
+	}
+	if path != "" {
+		if err := cfg.readFile(path, explicit); err != nil {
 			return nil, err
 		}
-		base = filepath.Dir(l.configPath)
+		base = filepath.Dir(path)
+		l.used = path
 	}
 	setOnCLI := map[string]bool{}
-	l.flags.Visit(func(f *flag.Flag) { setOnCLI[f.Name] = true })
+	l.flags.Visit(func(f *flag.Flag) {
+		if l.registered[f.Name] {
+			setOnCLI[f.Name] = true
+		}
+	})
 	origins := map[string]origin{}
 	for _, s := range cfg.settings() {
 		raw, source, ok := "", "", false
 		if setOnCLI[s.flag] {
-			raw, source, ok = *l.values[s.flag], "flag --"+s.flag, true
+			// The flag's value as text: durations, ints and booleans print
+			// in the form set parses.
+			raw, source, ok = l.flags.Lookup(s.flag).Value.String(), "flag --"+s.flag, true
 			origins[s.path] = fromFlag
 		} else if v, found := lookupEnv(s.env); found {
 			raw, source, ok = v, "environment variable "+s.env, true
@@ -403,4 +503,23 @@ func validIdentifier(s string) bool {
 		}
 	}
 	return true
+}
+
+// Key describes one setting: its walbust.yaml path, flag and environment
+// variable.
+type Key struct {
+	Path, Flag, Env string
+}
+
+// Keys lists every setting, then the per-shard fields of shards (with the
+// path "shards.NAME.field"; they have no flag or environment variable).
+func Keys() []Key {
+	var out []Key
+	for _, s := range Defaults().settings() {
+		out = append(out, Key{Path: s.path, Flag: s.flag, Env: s.env})
+	}
+	for _, f := range shardFields {
+		out = append(out, Key{Path: "shards.NAME." + f})
+	}
+	return out
 }

@@ -79,6 +79,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	if d.store, err = checkpoint.Open(d.cfg.Checkpoint.Path); err != nil {
 		return err
 	}
+	d.logStarting()
 	ropts := RedisOptions(d.cfg.Redis)
 	ropts.EventsChannel, ropts.Logger, ropts.OnResult = d.cfg.Events.Channel, d.log.Named("redis"), func(err error) {
 		d.metrics.RedisResult(err, errors.Is(err, invalidator.ErrTooFewReplicas))
@@ -174,8 +175,20 @@ func (d *daemon) stream(ctx context.Context) error {
 		StatusInterval: d.cfg.Postgres.StatusInterval, Logger: d.log.Named("replication"),
 		OnConnected: d.metrics.Connected, OnReport: d.metrics.Reported, SaveIdle: d.saveIdle, BeforeStart: d.recheckSlot,
 	}, stored, p)
-	d.log.Info("starting", zap.String("version", d.version), zap.String("shard", d.cfg.Shard), zap.String("slot", d.cfg.Postgres.Slot),
-		zap.String("redis_mode", d.cfg.Redis.Mode),
-		zap.Stringer("checkpoint_lsn", stored), zap.String("checkpoint", d.store.Path()), zap.Int("tables", len(d.reload.registry().Tables)))
 	return p.Run(ctx, src)
+}
+
+// logStarting is the first line of a run: what it is and what it starts
+// from, before preflight says where it resumes ("resuming") and the
+// streamer where streaming begins ("streaming").
+func (d *daemon) logStarting() {
+	fields := []zap.Field{zap.String("version", d.version), zap.String("shard", d.cfg.Shard), zap.String("slot", d.cfg.Postgres.Slot),
+		zap.String("publication", d.cfg.Postgres.Publication), zap.String("redis_mode", d.cfg.Redis.Mode),
+		zap.String("checkpoint", d.store.Path()), zap.Int("tables", len(d.reg.Tables))}
+	if stored, err := d.store.Load(); err != nil {
+		fields = append(fields, zap.NamedError("checkpoint_error", err)) // preflight reports it
+	} else {
+		fields = append(fields, zap.Stringer("checkpoint_lsn", stored))
+	}
+	d.log.Info("starting", fields...)
 }

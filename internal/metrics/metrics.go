@@ -54,13 +54,14 @@ type Metrics struct {
 
 	version, slot string
 	state         state
+	names         []string // see Names
 }
 
 // New creates the collectors and registers them, with the Go runtime and
 // process collectors, on a fresh registry.
 func New(version, slot string) *Metrics {
 	r := prometheus.NewRegistry()
-	f := factory{r}
+	f := factory{r, new([]string)}
 	m := &Metrics{
 		registry:     r,
 		transactions: f.counter("transactions_total", "Committed transactions applied."),
@@ -111,37 +112,50 @@ func New(version, slot string) *Metrics {
 		ConstLabels: prometheus.Labels{"version": version}})
 	info.Set(1)
 	r.MustRegister(info)
+	m.names = append(*f.names, "walbust_build_info")
 	return m
 }
 
-type factory struct{ r *prometheus.Registry }
+// Names are the names of walbust's own metrics (walbust_*), as registered.
+func (m *Metrics) Names() []string { return m.names }
+
+// factory registers collectors and records their names.
+type factory struct {
+	r     *prometheus.Registry
+	names *[]string
+}
+
+func (f factory) name(name string) string {
+	*f.names = append(*f.names, "walbust_"+name)
+	return name
+}
 
 func (f factory) counter(name, help string) prometheus.Counter {
-	c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "walbust", Name: name, Help: help})
+	c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "walbust", Name: f.name(name), Help: help})
 	f.r.MustRegister(c)
 	return c
 }
 
 func (f factory) counterVec(name, help string, labels ...string) *prometheus.CounterVec {
-	c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "walbust", Name: name, Help: help}, labels)
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "walbust", Name: f.name(name), Help: help}, labels)
 	f.r.MustRegister(c)
 	return c
 }
 
 func (f factory) gauge(name, help string) prometheus.Gauge {
-	g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "walbust", Name: name, Help: help})
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "walbust", Name: f.name(name), Help: help})
 	f.r.MustRegister(g)
 	return g
 }
 
 func (f factory) gaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
-	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "walbust", Name: name, Help: help}, labels)
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "walbust", Name: f.name(name), Help: help}, labels)
 	f.r.MustRegister(g)
 	return g
 }
 
 func (f factory) histogram(name, help string, buckets []float64) prometheus.Histogram {
-	h := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "walbust", Name: name, Help: help, Buckets: buckets})
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "walbust", Name: f.name(name), Help: help, Buckets: buckets})
 	f.r.MustRegister(h)
 	return h
 }
