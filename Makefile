@@ -5,6 +5,7 @@
 #   make build   bin/walbust
 #   make deps    install the Debian packages postgresql and redis-server when missing
 #   make consistency  the consistency harness: cache-aside readers vs walbust, primary + lagging replica
+#   make test-node    the Node client in clients/node (npm ci, build, node --test)
 #
 # demo and test need the PostgreSQL server binaries (/usr/lib/postgresql/*/bin)
 # and redis-server. They only use the binaries: the tests and the demo start
@@ -21,7 +22,7 @@ GOPATH_BIN  := $(shell $(GO) env GOPATH 2>/dev/null)/bin
 STATICCHECK ?= $(GOPATH_BIN)/staticcheck
 TEST_FLAGS  ?= -count=1 -timeout 15m
 
-.PHONY: all bench consistency demo test unit lint fmt-check vet staticcheck build deps clean
+.PHONY: all bench consistency demo test unit lint fmt-check vet staticcheck build deps clean test-node
 
 all: build
 
@@ -94,6 +95,11 @@ bench: deps
 ## CONSISTENCY_FLAGS="-reads 200000" for a quicker run). `make test` runs a short version.
 consistency: deps
 	$(GO) run ./cmd/walbust-consistency $(CONSISTENCY_FLAGS)
+
+## test-node: the Node client (clients/node): npm ci, tsc build, node --test (starts its own redis-server
+## and a 3-node Redis Cluster; needs node >= 20, redis-server and redis-cli). Not part of `make test`.
+test-node:
+	cd clients/node && npm ci && npm run build && npm test
 
 clean:
 	rm -rf bin

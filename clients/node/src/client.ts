@@ -279,7 +279,8 @@ export class CacheClient {
       } else {
         this.l1?.put(l1.mark, l1.key, env.softExpiry, env.payload, env.notFound, l1.versioned);
       }
-      return env.notFound ? null : env.payload;
+      // A copy: the L1 may hold env.payload.
+      return env.notFound ? null : Buffer.from(env.payload);
     }
     this.n.misses++;
     // One fill per key in this process; callers wait for it, each under its own signal.

@@ -78,6 +78,8 @@ export async function startRedis() {
     port,
     sandbox: false,
     client: () => new Redis(url),
+    /** SIGSTOP: the server keeps its sockets open but answers nothing. */
+    pause: () => proc.kill('SIGSTOP'),
     stop: async () => {
       proc.kill('SIGKILL');
       await new Promise((r) => (proc.exitCode !== null ? r() : proc.once('exit', r)));
