@@ -7,6 +7,7 @@
 #   make deps    install the Debian packages postgresql and redis-server when missing
 #   make consistency  the consistency harness: cache-aside readers vs walbust, primary + lagging replica
 #   make test-python  the Python client's tests (clients/python, pytest with Debian's /usr/bin/python3)
+#   make test-node    the Node client's tests (clients/node: npm ci, build, node --test)
 #
 # demo and test need the PostgreSQL server binaries (/usr/lib/postgresql/*/bin)
 # and redis-server. They only use the binaries: the tests and the demo start
@@ -38,7 +39,7 @@ sandbox: deps
 	$(GO) run ./cmd/walbust-sandbox $(SANDBOX_FLAGS)
 
 ## test: lint, then unit and e2e tests (e2e starts its own Postgres and redis-server)
-test: deps lint unit test-python
+test: deps lint unit test-python test-node
 
 # unit depends on deps too, so the order holds under make -j.
 unit: deps
@@ -110,6 +111,12 @@ consistency: deps
 # walbust sandbox (cmd/walbust-sandbox) for the tests against the real daemon.
 test-python: deps
 	clients/with-sandbox $(PYTHON) -m pytest $(PYTEST_FLAGS) clients/python
+
+## test-node: the Node client (clients/node): npm ci, tsc build, node --test (starts its own
+## redis-server and a 3-node Redis Cluster, and a walbust sandbox for the tests against the daemon).
+test-node: deps
+	cd clients/node && npm ci --no-audit --no-fund && npm run build
+	clients/with-sandbox sh -c 'cd clients/node && npm test'
 
 clean:
 	rm -rf bin
