@@ -18,10 +18,12 @@
 //
 // The Lua scripts are the files in protocol/lua/ (fence.lua, lease.lua,
 // cas.lua), embedded as FenceScript, LeaseScript and CASScript. That
-// directory is shared: clients in other languages load those files as they
-// are rather than keeping copies, and testdata/lua.sha1 lists each file's
-// SHA1, which is the name EVALSHA knows the script by.
+// directory is the one source: the Python and Node clients (clients/)
+// package byte-identical copies made by their build step, and their tests
+// fail when a copy differs from it or from testdata/lua.sha1, which lists
+// each file's SHA1, the name EVALSHA knows the script by.
 //
-// The package depends on nothing but the standard library, so the daemon,
+// The package depends on nothing but the standard library and the change
+// model (replication/wal), so the daemon,
 // the Go client (cacheaside) and tools can all import it.
 package protocol

@@ -1,4 +1,4 @@
-// Behaviour against a real redis-server (or the sandbox's Redis): the Go
+// Behaviour against a real redis-server of the test's own: the Go
 // client's tests (cacheaside/client_test.go), plus the stale fallback and
 // versioned reads.
 import { test, before, after } from 'node:test';

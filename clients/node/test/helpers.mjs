@@ -1,6 +1,6 @@
 // Test helpers: throwaway redis-server processes (standalone and a
-// 3-node Cluster) on free loopback ports, or the walbust sandbox's Redis
-// when WALBUST_SANDBOX_REDIS_URL is set (cmd/walbust-sandbox prints it).
+// 3-node Cluster) on free loopback ports; the walbust sandbox's Redis is
+// only for walbust.test.mjs.
 import { spawn, execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -62,12 +62,12 @@ function spawnServer(port, dir, extra = []) {
   return p;
 }
 
-/** A standalone Redis: { url, port, client(), stop() }. Uses the sandbox's Redis when set. */
+/**
+ * A standalone Redis of the test's own: { url, port, client(), stop() }.
+ * Always a fresh server, even under the sandbox: these tests pause and
+ * flush it; only walbust.test.mjs talks to the sandbox's Redis.
+ */
 export async function startRedis() {
-  if (process.env.WALBUST_SANDBOX_REDIS_URL) {
-    const url = process.env.WALBUST_SANDBOX_REDIS_URL;
-    return { url, sandbox: true, client: () => new Redis(url), stop: async () => {} };
-  }
   const dir = mkdtempSync(join(tmpdir(), 'walbust-node-redis-'));
   const port = await freePort();
   const proc = spawnServer(port, dir);

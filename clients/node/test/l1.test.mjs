@@ -170,7 +170,6 @@ test('L1 with versioned reads: kept under the base key that events name', async 
 });
 
 test('L1 detects a dead subscription by ping when the server stops answering', async (t) => {
-  if (srv.sandbox) return t.skip('needs a redis-server of its own');
   const own = await startRedis();
   const conn = own.client();
   conn.on('error', () => {});
