@@ -17,7 +17,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/walbust/walbust/internal/gomod"
 	"github.com/walbust/walbust/internal/throwaway"
 	"github.com/walbust/walbust/replication/wal"
 )
@@ -64,6 +63,7 @@ type env struct {
 	cfg     config
 	logf    func(string, ...any)
 	work    string
+	root    string // the module's root directory
 	binary  string
 	primary *throwaway.Postgres
 	replica *throwaway.Postgres
@@ -80,8 +80,8 @@ type env struct {
 	dirs []string
 }
 
-func newEnv(ctx context.Context, cfg config, logf func(string, ...any)) (e *env, err error) {
-	e = &env{cfg: cfg, logf: logf, binary: cfg.Binary}
+func newEnv(ctx context.Context, cfg config, root string, logf func(string, ...any)) (e *env, err error) {
+	e = &env{cfg: cfg, logf: logf, root: root, binary: cfg.Binary}
 	defer func() {
 		if err != nil {
 			e.close()
@@ -93,10 +93,6 @@ func newEnv(ctx context.Context, cfg config, logf func(string, ...any)) (e *env,
 	if e.binary == "" {
 		e.binary = filepath.Join(e.work, "walbust")
 		logf("building walbust")
-		root, err := gomod.Root(ctx, "go run ./cmd/walbust-consistency")
-		if err != nil {
-			return e, err
-		}
 		build := exec.CommandContext(ctx, "go", "build", "-o", e.binary, "./cmd/walbust")
 		build.Dir = root
 		if out, err := build.CombinedOutput(); err != nil {
@@ -151,7 +147,9 @@ func newEnv(ctx context.Context, cfg config, logf func(string, ...any)) (e *env,
 		if err != nil {
 			return nil, err
 		}
-		pc.MaxConns = int32(2*cfg.Readers + cfg.Writers + 4)
+		// Per database: a group of mode (a) and one per language of mode
+		// (b) (the Python and Node loads go through the harness), writers.
+		pc.MaxConns = int32(cfg.Readers*(1+len(cfg.Langs)) + cfg.Writers + 4)
 		return pgxpool.NewWithConfig(ctx, pc)
 	}
 	if e.primDB, err = pool(e.primary.URL(dbName)); err != nil {

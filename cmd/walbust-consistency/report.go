@@ -12,7 +12,9 @@ import (
 type groupReport struct {
 	name          string
 	mode          byte
+	lang          string // mode (b): the readers' language
 	replica       bool
+	firstError    string // the first failed read of a reader process
 	reads, errors int64
 	stale         []int64 // per window
 	cached        int
@@ -33,6 +35,22 @@ type report struct {
 	duration, settle    time.Duration
 	kills               int
 	downtime            time.Duration
+	unattributed        []string // cached keys filled by no language of the run
+}
+
+// lang sums a language's fenced groups.
+func (r *report) lang(l string) (reads, stale int64, cached, staleKeys, invisible int) {
+	h := r.headlineIndex()
+	for _, g := range r.groups {
+		if g.mode == 'b' && g.lang == l {
+			reads += g.reads
+			stale += g.stale[h]
+			cached += g.cached
+			staleKeys += g.staleKeys
+			invisible += g.invisible
+		}
+	}
+	return
 }
 
 // nines is -log10 of the stale fraction: "3.2 nines" is 99.94% consistent.
@@ -67,15 +85,6 @@ func (r *report) mode(m byte) (reads, stale int64, cached, staleKeys int) {
 		}
 	}
 	return
-}
-
-func (r *report) group(name string) groupReport {
-	for _, g := range r.groups {
-		if g.name == name {
-			return g
-		}
-	}
-	return groupReport{}
 }
 
 func (r *report) print(w io.Writer) {
@@ -130,10 +139,24 @@ func (r *report) print(w io.Writer) {
 				strings.TrimSpace(g.name[3:]), g.reads, nines(g.stale[hi], g.reads), h.Milliseconds(), g.staleKeys, extra)
 		}
 	}
+	if len(r.cfg.Langs) > 0 {
+		fmt.Fprintf(w, "fenced readers per language, all over the same keys at the same time (stale keys: left by that language's fills):\n")
+	}
+	for _, l := range r.cfg.Langs {
+		reads, stale, cached, staleKeys, _ := r.lang(l)
+		fmt.Fprintf(w, "  %-7s %d reads, %s nines consistent after %d ms (%d stale reads); %d stale keys left of %d it cached\n",
+			l+":", reads, nines(stale, reads), h.Milliseconds(), stale, staleKeys, cached)
+	}
 	for _, g := range r.groups {
 		for _, ex := range g.examples {
 			fmt.Fprintf(w, "  stale in %s: %s\n", g.name, ex)
 		}
+		if g.firstError != "" {
+			fmt.Fprintf(w, "  first failed read in %s: %s\n", g.name, g.firstError)
+		}
+	}
+	for _, u := range r.unattributed {
+		fmt.Fprintf(w, "  unattributed: %s\n", u)
 	}
 }
 
@@ -143,11 +166,23 @@ func (r *report) print(w io.Writer) {
 // visible) are named as such: walbust waits for visibility, so they mean a
 // regression.
 func (r *report) verdict() (failures, notes []string) {
-	if g := r.group("(b) primary"); g.staleKeys > 0 {
-		failures = append(failures, fmt.Sprintf("mode (b) primary readers left %d stale keys (%d fenced before visible)", g.staleKeys, g.invisible))
+	for _, g := range r.groups {
+		if g.mode != 'b' || g.staleKeys == 0 {
+			continue
+		}
+		side := "primary"
+		if g.replica {
+			side = "replica (with the re-fence on)"
+		}
+		failures = append(failures, fmt.Sprintf("mode (b) %s readers on the %s left %d stale keys (%d fenced before visible)", g.lang, side, g.staleKeys, g.invisible))
 	}
-	if g := r.group("(b) replica"); g.staleKeys > 0 {
-		failures = append(failures, fmt.Sprintf("mode (b) replica readers left %d stale keys with the re-fence on (%d fenced before visible)", g.staleKeys, g.invisible))
+	for _, u := range r.unattributed {
+		failures = append(failures, "cached keys no reader of the run could have filled: "+u)
+	}
+	for _, l := range r.cfg.Langs {
+		if reads, _, _, _, _ := r.lang(l); r.cfg.LangReads > 0 && reads < r.cfg.LangReads {
+			failures = append(failures, fmt.Sprintf("%s fenced readers served %d reads, fewer than -lang-reads %d (-max-duration reached)", l, reads, r.cfg.LangReads))
+		}
 	}
 	if _, _, _, n := r.mode('a'); n == 0 {
 		notes = append(notes, "mode (a) left no stale keys this run: the race did not strike (more rows, readers or a longer run make it likelier)")

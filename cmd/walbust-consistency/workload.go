@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,13 +22,14 @@ import (
 
 // group is one quarter of the readers: a mode and a database to read.
 type group struct {
-	name    string // e.g. "(a) primary"
+	name    string // e.g. "(a) primary", "(b) replica python"
 	mode    byte   // 'a' textbook reader + delete, 'b' cacheaside + fence
+	lang    string // mode b: the readers' language (go, python, node); the key spaces are shared
 	replica bool
 	prefix  string // key prefix, e.g. "del:p:"
 	table   string
 	db      *pgxpool.Pool
-	clients []*cacheaside.Client // mode b: a few "processes"
+	clients []*cacheaside.Client // mode b in Go: a few "processes"
 
 	reads  atomic.Int64
 	errors atomic.Int64
@@ -48,26 +50,34 @@ type workload struct {
 	writes  atomic.Int64
 	wErrors atomic.Int64
 	firstWE atomic.Value // first writer error, for the report
+
+	loads   *loadServer   // the subprocess readers' database reads
+	procs   []*readerProc // the Python and Node reader processes, while running
+	stopped []*readerProc // and once stopped
 }
 
 func newWorkload(e *env) (*workload, error) {
 	w := &workload{e: e, cfg: e.cfg, hist: newHistory(e.cfg.Rows)}
-	mk := func(name string, mode byte, replica bool, prefix, table string) *group {
+	mk := func(name string, mode byte, lang string, replica bool, prefix, table string) *group {
 		db := e.primDB
 		if replica {
 			db = e.replDB
 		}
-		return &group{name: name, mode: mode, replica: replica, prefix: prefix, table: table, db: db,
+		return &group{name: name, mode: mode, lang: lang, replica: replica, prefix: prefix, table: table, db: db,
 			stale: make([]atomic.Int64, len(e.cfg.Windows))}
 	}
 	w.groups = []*group{
-		mk("(a) primary", 'a', false, "del:p:", "items_delete"),
-		mk("(a) replica", 'a', true, "del:r:", "items_delete"),
-		mk("(b) primary", 'b', false, "fen:p:", "items_fence"),
-		mk("(b) replica", 'b', true, "fen:r:", "items_fence"),
+		mk("(a) primary", 'a', "", false, "del:p:", "items_delete"),
+		mk("(a) replica", 'a', "", true, "del:r:", "items_delete"),
+	}
+	// Every language's fenced readers read the same two key spaces.
+	for _, l := range e.cfg.Langs {
+		w.groups = append(w.groups,
+			mk("(b) primary "+l, 'b', l, false, "fen:p:", "items_fence"),
+			mk("(b) replica "+l, 'b', l, true, "fen:r:", "items_fence"))
 	}
 	for _, g := range w.groups {
-		if g.mode != 'b' {
+		if g.mode != 'b' || g.lang != "go" {
 			continue
 		}
 		for range 2 { // two processes per group, each with its own pool
@@ -83,6 +93,7 @@ func newWorkload(e *env) (*workload, error) {
 }
 
 func (w *workload) close() {
+	_ = w.stopProcs()
 	for _, g := range w.groups {
 		for _, c := range g.clients {
 			c.Close()
@@ -98,6 +109,38 @@ func (w *workload) modeReads(mode byte) int64 {
 		}
 	}
 	return n
+}
+
+// langReads is the fewest reads a language's fenced readers have served.
+func (w *workload) langReads() int64 {
+	least := int64(-1)
+	for _, l := range w.cfg.Langs {
+		var n int64
+		for _, g := range w.groups {
+			if g.mode == 'b' && g.lang == l {
+				n += g.reads.Load()
+			}
+		}
+		if least < 0 || n < least {
+			least = n
+		}
+	}
+	return max(least, 0)
+}
+
+// perLang describes each language's fenced reads so far.
+func (w *workload) perLang() string {
+	var parts []string
+	for _, l := range w.cfg.Langs {
+		var n int64
+		for _, g := range w.groups {
+			if g.mode == 'b' && g.lang == l {
+				n += g.reads.Load()
+			}
+		}
+		parts = append(parts, fmt.Sprintf("%s %d", l, n))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // writers update random rows of both tables in one transaction each, at
@@ -156,9 +199,13 @@ func (w *workload) write(ctx context.Context, id int) error {
 	return nil
 }
 
-// readers run cfg.Readers goroutines per group until stop.
+// readers run cfg.Readers goroutines per Go group until stop (the
+// Python and Node groups are served by their processes: startProcs).
 func (w *workload) readers(ctx context.Context, stop *atomic.Bool, wg *sync.WaitGroup) {
 	for _, g := range w.groups {
+		if g.mode == 'b' && g.lang != "go" {
+			continue
+		}
 		for i := range w.cfg.Readers {
 			wg.Add(1)
 			go func() {
@@ -177,19 +224,39 @@ func (w *workload) readers(ctx context.Context, stop *atomic.Bool, wg *sync.Wait
 						g.errors.Add(1)
 						continue
 					}
-					g.reads.Add(1)
-					for k, win := range w.cfg.Windows {
-						if v < w.hist.required(id, start, win) {
-							g.stale[k].Add(1)
-							if win == w.cfg.Headline && g.mode == 'b' && !g.replica && w.hist.fencedBeforeVisible(id, v) {
-								g.invisible.Add(1)
-							}
-						}
-					}
+					w.record(g, id, start, v)
 				}
 			}()
 		}
 	}
+}
+
+// record judges one read of g, begun at start, that returned v.
+func (w *workload) record(g *group, id int, start time.Time, v int64) {
+	g.reads.Add(1)
+	for k, win := range w.cfg.Windows {
+		if v < w.hist.required(id, start, win) {
+			g.stale[k].Add(1)
+			if win == w.cfg.Headline && g.mode == 'b' && !g.replica && w.hist.fencedBeforeVisible(id, v) {
+				g.invisible.Add(1)
+			}
+		}
+	}
+}
+
+// Mode (b) caches "<val>/<lang>": the value, and which language's reader
+// filled the key.
+func payload(v int64, lang string) []byte {
+	return append(strconv.AppendInt(nil, v, 10), "/"+lang...)
+}
+
+func parsePayload(s string) (v int64, lang string, err error) {
+	num, lang, ok := strings.Cut(s, "/")
+	if !ok || lang == "" {
+		return 0, "", fmt.Errorf("payload %q is not <val>/<lang>", s)
+	}
+	v, err = strconv.ParseInt(num, 10, 64)
+	return v, lang, err
 }
 
 // stall sometimes pauses between reading the database and writing the
@@ -236,59 +303,83 @@ func (w *workload) readFenced(ctx context.Context, g *group, c *cacheaside.Clien
 			w.hist.loaded(id, v, o.FenceLSN)
 		}
 		w.stall()
-		return []byte(strconv.FormatInt(v, 10)), nil
+		return payload(v, g.lang), nil
 	})
 	if err != nil {
 		return 0, err
 	}
-	return strconv.ParseInt(string(b), 10, 64)
+	v, _, err := parsePayload(string(b))
+	return v, err
 }
 
-// staleKeys compares every cached key of g with the primary. invisible
-// counts the stale keys of mode (b)'s primary readers whose value was
+// keyCount is what one filler left in a key space: the cached keys, the
+// stale ones, and of those the ones fenced before visible.
+type keyCount struct {
+	cached, stale, invisible int
+	examples                 []string
+}
+
+// staleKeys compares every cached key of a key space with the primary,
+// counting per filler: "" for mode (a), else the language whose reader
+// filled the key (the payload's tag; "?" when there is none). invisible
+// counts the stale keys of mode (b)'s primary key space whose value was
 // loaded after the load had seen the tombstone of the very write it
 // missed: walbust fenced that commit before PostgreSQL made it visible.
-func (w *workload) staleKeys(ctx context.Context, g *group) (cached, stale, invisible int, examples []string, err error) {
-	rows, err := w.e.primDB.Query(ctx, "SELECT id, val FROM "+g.table+" ORDER BY id")
+func (w *workload) staleKeys(ctx context.Context, mode byte, replica bool, prefix, table string) (map[string]*keyCount, error) {
+	rows, err := w.e.primDB.Query(ctx, "SELECT id, val FROM "+table+" ORDER BY id")
 	if err != nil {
-		return 0, 0, 0, nil, err
+		return nil, err
 	}
 	type row struct{ id, val int64 }
 	var all []row
 	var r row
 	if _, err := pgx.ForEachRow(rows, []any{&r.id, &r.val}, func() error { all = append(all, r); return nil }); err != nil {
-		return 0, 0, 0, nil, err
+		return nil, err
+	}
+	out := map[string]*keyCount{}
+	count := func(by string) *keyCount {
+		if out[by] == nil {
+			out[by] = &keyCount{}
+		}
+		return out[by]
 	}
 	for _, r := range all {
-		key := g.key(int(r.id))
+		key := prefix + strconv.FormatInt(r.id, 10)
 		s, err := w.e.rdb.Get(ctx, key).Result()
 		if errors.Is(err, redis.Nil) {
 			continue
 		}
 		if err != nil {
-			return 0, 0, 0, nil, err
+			return nil, err
 		}
-		if g.mode == 'b' {
+		by := ""
+		var v int64
+		if mode == 'b' {
 			c := protocol.Decode(s)
 			if c.Kind != protocol.KindValue || c.Envelope.NotFound {
 				continue // a tombstone or a lease: nothing cached
 			}
 			s = string(c.Envelope.Payload)
+			if v, by, err = parsePayload(s); err != nil {
+				by = "?"
+			}
+		} else {
+			v, err = strconv.ParseInt(s, 10, 64)
 		}
-		cached++
-		v, err := strconv.ParseInt(s, 10, 64)
+		kc := count(by)
+		kc.cached++
 		if err == nil && v == r.val {
 			continue
 		}
-		stale++
+		kc.stale++
 		note := ""
-		if g.mode == 'b' && !g.replica && err == nil && w.hist.fencedBeforeVisible(int(r.id), v) {
-			invisible++
+		if mode == 'b' && !replica && err == nil && w.hist.fencedBeforeVisible(int(r.id), v) {
+			kc.invisible++
 			note = " (its load had seen the tombstone of the write of " + strconv.FormatInt(v+1, 10) + ": fenced before visible)"
 		}
-		if len(examples) < 3 {
-			examples = append(examples, fmt.Sprintf("%s=%s, database %d%s", key, s, r.val, note))
+		if len(kc.examples) < 3 {
+			kc.examples = append(kc.examples, fmt.Sprintf("%s=%s, database %d%s", key, s, r.val, note))
 		}
 	}
-	return cached, stale, invisible, examples, nil
+	return out, nil
 }
