@@ -108,15 +108,20 @@ consistency: deps
 
 ## test-python: clients/python's tests with Debian's /usr/bin/python3 (python3-redis, python3-pytest
 # from deps). They start their own redis-server processes (standalone and a 3-node cluster), and a
-# walbust sandbox (cmd/walbust-sandbox) for the tests against the real daemon.
+# walbust sandbox (cmd/walbust-sandbox) for the tests against the real daemon; those
+# (tests/test_sandbox.py) then run a second time against a sandbox whose Redis is a Cluster.
 test-python: deps
 	clients/with-sandbox $(PYTHON) -m pytest $(PYTEST_FLAGS) clients/python
+	SANDBOX_FLAGS="$(SANDBOX_FLAGS) --redis cluster" clients/with-sandbox $(PYTHON) -m pytest $(PYTEST_FLAGS) clients/python/tests/test_sandbox.py
 
 ## test-node: the Node client (clients/node): npm ci, tsc build, node --test (starts its own
-## redis-server and a 3-node Redis Cluster, and a walbust sandbox for the tests against the daemon).
+## redis-server and a 3-node Redis Cluster, and a walbust sandbox for the tests against the daemon;
+## test/walbust.test.mjs then runs again against a sandbox whose Redis is a Cluster).
+# The build holds the lock cmd/walbust-consistency builds clients/node under.
 test-node: deps
-	cd clients/node && npm ci --no-audit --no-fund && npm run build
+	flock "$${TMPDIR:-/tmp}/walbust-node-build.lock" sh -c 'cd clients/node && npm ci --no-audit --no-fund && npm run build'
 	clients/with-sandbox sh -c 'cd clients/node && npm test'
+	SANDBOX_FLAGS="$(SANDBOX_FLAGS) --redis cluster" clients/with-sandbox sh -c 'cd clients/node && node --test test/walbust.test.mjs'
 
 clean:
 	rm -rf bin

@@ -1,6 +1,9 @@
 // Against a running walbust: cmd/walbust-sandbox starts PostgreSQL, Redis
 // and walbust and prints WALBUST_SANDBOX_POSTGRES_URL,
-// WALBUST_SANDBOX_REDIS_URL and WALBUST_SANDBOX_EVENTS_CHANNEL; with those in
+// WALBUST_SANDBOX_REDIS_URL (or, under --redis cluster,
+// WALBUST_SANDBOX_REDIS_CLUSTER=host:port,... and
+// WALBUST_SANDBOX_REDIS_MODE=cluster) and WALBUST_SANDBOX_EVENTS_CHANNEL;
+// `make test-node` runs it under both; with those in
 // the environment this test writes rows with the real psql and checks that
 // the client, L1 included, sees walbust's invalidations. Without them it is
 // skipped (the other tests start their own redis-server, or use the
@@ -15,13 +18,30 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { promisify } from 'node:util';
-import { Redis } from 'ioredis';
+import { Redis, Cluster } from 'ioredis';
 import { CacheClient, parseEvent, DEFAULT_EVENTS_CHANNEL } from '../dist/index.js';
 import { eventually } from './helpers.mjs';
 
 const run = promisify(execFile);
 const PG = process.env.WALBUST_SANDBOX_POSTGRES_URL;
 const REDIS = process.env.WALBUST_SANDBOX_REDIS_URL;
+const CLUSTER = process.env.WALBUST_SANDBOX_REDIS_CLUSTER;
+const MODE = process.env.WALBUST_SANDBOX_REDIS_MODE || (CLUSTER && !REDIS ? 'cluster' : 'standalone');
+const HAVE = Boolean(PG && (MODE === 'cluster' ? CLUSTER : REDIS));
+// Under clients/with-sandbox a sandbox is up: its test must run, not skip.
+if (process.env.WALBUST_SANDBOX_READY === '1' && !HAVE) {
+  throw new Error(`the sandbox is ready but gave no ${MODE === 'cluster' ? 'WALBUST_SANDBOX_REDIS_CLUSTER' : 'WALBUST_SANDBOX_REDIS_URL'} (or no WALBUST_SANDBOX_POSTGRES_URL)`);
+}
+
+/** A connection to the sandbox's Redis: a Redis, or a Cluster over its nodes. */
+function connect() {
+  if (MODE !== 'cluster') return new Redis(REDIS);
+  const nodes = CLUSTER.split(',').map((a) => {
+    const i = a.lastIndexOf(':');
+    return { host: a.slice(0, i) || '127.0.0.1', port: Number(a.slice(i + 1)) };
+  });
+  return new Cluster(nodes);
+}
 const CHANNEL = process.env.WALBUST_SANDBOX_EVENTS_CHANNEL || DEFAULT_EVENTS_CHANNEL;
 const ID = 990001 + Math.floor(Math.random() * 1000);
 
@@ -41,11 +61,11 @@ async function sql(q) {
   return stdout.trim();
 }
 
-test('walbust invalidates what the client cached, in Redis and in the L1', { skip: !(PG && REDIS) && 'WALBUST_SANDBOX_POSTGRES_URL and WALBUST_SANDBOX_REDIS_URL not set (run under cmd/walbust-sandbox)' }, async (t) => {
+test(`walbust invalidates what the client cached, in Redis and in the L1 (${MODE} Redis)`, { skip: !HAVE && 'WALBUST_SANDBOX_POSTGRES_URL and WALBUST_SANDBOX_REDIS_URL (or _REDIS_CLUSTER) not set (run under cmd/walbust-sandbox)' }, async (t) => {
   if ((await sql(`SELECT to_regclass('products') IS NOT NULL`)) !== 't') return t.skip('the sandbox has no products table');
-  const sub = new Redis(REDIS);
-  const rdb = new Redis(REDIS);
-  const c = new CacheClient(new Redis(REDIS), { l1: { channel: CHANNEL, ttl: 60_000 } });
+  const sub = connect();
+  const rdb = connect();
+  const c = new CacheClient(connect(), { l1: { channel: CHANNEL, ttl: 60_000 } });
   const events = [];
   try {
     sub.on('message', (ch, msg) => {

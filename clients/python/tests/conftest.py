@@ -182,7 +182,9 @@ def redis_cluster(workdir: Path) -> Iterator[RedisClusterNodes]:
 def sandbox_env() -> Optional[Dict[str, str]]:
     """The sandbox's settings: from the file WALBUST_SANDBOX_ENV_FILE names
     (KEY=VALUE lines, as --env-file writes them), else from the environment.
-    None when there is no sandbox."""
+    None when there is no sandbox. Its Redis is WALBUST_SANDBOX_REDIS_URL
+    (standalone) or WALBUST_SANDBOX_REDIS_CLUSTER (host:port,... of a Redis
+    Cluster: --redis cluster, WALBUST_SANDBOX_REDIS_MODE=cluster)."""
     env: Dict[str, str] = {}
     path = os.environ.get("WALBUST_SANDBOX_ENV_FILE")
     if path:
@@ -198,7 +200,10 @@ def sandbox_env() -> Optional[Dict[str, str]]:
     for k, v in os.environ.items():
         if k.startswith("WALBUST_SANDBOX_"):
             env.setdefault(k, v)
-    if "WALBUST_SANDBOX_REDIS_URL" not in env:
+    if "WALBUST_SANDBOX_REDIS_URL" not in env and "WALBUST_SANDBOX_REDIS_CLUSTER" not in env:
+        if env.get("WALBUST_SANDBOX_READY") == "1":
+            # Under clients/with-sandbox: a sandbox is up, so its tests must run.
+            pytest.fail("the sandbox is ready but gave neither WALBUST_SANDBOX_REDIS_URL nor WALBUST_SANDBOX_REDIS_CLUSTER")
         return None
     return env
 
@@ -210,6 +215,24 @@ def sandbox() -> Dict[str, str]:
         pytest.skip("no walbust sandbox: set WALBUST_SANDBOX_ENV_FILE (cmd/walbust-sandbox --env-file) "
                     "or the WALBUST_SANDBOX_* variables")
     return env
+
+
+def sandbox_redis(env: Dict[str, str]):
+    """A client of the sandbox's Redis: redis.Redis, or redis.RedisCluster
+    over the nodes of WALBUST_SANDBOX_REDIS_CLUSTER."""
+    nodes = env.get("WALBUST_SANDBOX_REDIS_CLUSTER")
+    cluster = env.get("WALBUST_SANDBOX_REDIS_MODE") == "cluster" or "WALBUST_SANDBOX_REDIS_URL" not in env
+    if cluster:
+        if not nodes:
+            pytest.fail("WALBUST_SANDBOX_REDIS_MODE=cluster but no WALBUST_SANDBOX_REDIS_CLUSTER")
+        from redis.cluster import ClusterNode
+
+        startup = []
+        for addr in nodes.split(","):
+            host, _, port = addr.strip().rpartition(":")
+            startup.append(ClusterNode(host or "127.0.0.1", int(port)))
+        return redis.RedisCluster(startup_nodes=startup)
+    return redis.Redis.from_url(env["WALBUST_SANDBOX_REDIS_URL"])
 
 
 def eventually(cond, timeout: float = 5.0, what: str = "condition") -> None:

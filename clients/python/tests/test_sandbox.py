@@ -2,7 +2,9 @@
 Postgres + Redis + walbust). Skipped unless the sandbox's settings are
 given: WALBUST_SANDBOX_ENV_FILE (the file --env-file writes) or the
 WALBUST_SANDBOX_* variables (WALBUST_SANDBOX_POSTGRES_URL,
-WALBUST_SANDBOX_REDIS_URL, WALBUST_SANDBOX_EVENTS_CHANNEL).
+WALBUST_SANDBOX_REDIS_URL or, under --redis cluster,
+WALBUST_SANDBOX_REDIS_CLUSTER, WALBUST_SANDBOX_EVENTS_CHANNEL). `make
+test-python` runs it twice: with a standalone Redis and with a Cluster.
 
 The sandbox serves the repository's schema.sql and deps.yaml: products rows
 are cached under product:{id}. Writes go through psql (no Python Postgres
@@ -18,7 +20,7 @@ import redis
 from walbust_cache import Client, Kind, L1Options
 from walbust_cache import protocol as p
 
-from conftest import eventually
+from conftest import eventually, sandbox_redis
 
 pytestmark = pytest.mark.sandbox
 
@@ -39,7 +41,9 @@ def test_walbust_invalidates_what_python_cached(sandbox):
     if not url:
         pytest.skip("the sandbox gave no WALBUST_SANDBOX_POSTGRES_URL")
     channel = sandbox.get("WALBUST_SANDBOX_EVENTS_CHANNEL", p.DEFAULT_EVENTS_CHANNEL)
-    r = redis.Redis.from_url(sandbox["WALBUST_SANDBOX_REDIS_URL"])
+    r = sandbox_redis(sandbox)
+    mode = "cluster" if isinstance(r, redis.RedisCluster) else "standalone"
+    assert mode == sandbox.get("WALBUST_SANDBOX_REDIS_MODE", mode)
     pid = 900000 + int(time.time()) % 90000
     key = sandbox.get("WALBUST_SANDBOX_PRODUCT_KEY", "product:{id}").replace("{id}", str(pid))
     psql(url, "INSERT INTO categories (id, name) VALUES (900001, 'py') ON CONFLICT DO NOTHING")
