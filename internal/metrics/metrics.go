@@ -176,6 +176,7 @@ func (m *Metrics) Refenced(keys int, waited time.Duration, timedOut bool) {
 // alerts see them from the first scrape rather than from the first change
 // that happens to touch them.
 func (m *Metrics) InitSeries(tables, actions []string) {
+	m.state.hist.knownTables(tables)
 	for _, t := range tables {
 		for _, op := range []wal.Op{wal.Insert, wal.Update, wal.Delete, wal.Truncate} {
 			m.changes.WithLabelValues(t, op.String())
@@ -247,6 +248,7 @@ func (m *Metrics) BatchApplied(b observe.Batch) {
 	}
 	m.batchTxs.Observe(float64(len(b.Txs)))
 	m.batchKeys.Observe(float64(b.Keys))
+	m.state.hist.batch(b)
 }
 
 // LookupFailed counts a failed lookup query attempt (the lookup pool's

@@ -14,8 +14,9 @@ import (
 
 // Handler serves /metrics, /healthz (the process answers), /readyz
 // (streaming and Redis reachable; 503 with the reason otherwise) and
-// /status (JSON, for `walbust status`), and /debug/pprof/ once
-// EnableProfiles was called.
+// /status (JSON, for `walbust status`), the status page at / with its
+// /status/history (page.go), and /debug/pprof/ once EnableProfiles was
+// called.
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
@@ -39,6 +40,7 @@ func (m *Metrics) Handler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(m.Snapshot())
 	})
+	m.handlePage(mux)
 	return mux
 }
 
@@ -51,6 +53,7 @@ func (m *Metrics) Listen(ctx context.Context, addr string) (net.Addr, <-chan err
 		return nil, nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go m.sampleEvery(ctx, historyInterval)
 	served := make(chan error, 1)
 	go func() {
 		err := srv.Serve(ln)

@@ -54,12 +54,14 @@ type state struct {
 	serverWALEnd     wal.LSN
 	lastCommit       time.Time
 	transactions     uint64
+	hist             history // what the status page shows (history.go)
 }
 
 // Connected implements the streamer's OnConnected hook.
 func (m *Metrics) Connected(up bool) {
 	m.state.mu.Lock()
 	if m.state.streaming != up || m.state.streamingSince.IsZero() {
+		m.state.hist.connected(up, m.state.streamingSince.IsZero())
 		m.state.streamingSince = time.Now()
 	}
 	m.state.streaming = up
@@ -98,6 +100,7 @@ func (m *Metrics) PingResult(err error) {
 func (m *Metrics) setRedis(err error) {
 	up := err == nil
 	if m.state.redisUp != up || m.state.redisSince.IsZero() {
+		m.state.hist.redis(err, m.state.redisSince.IsZero())
 		m.state.redisSince = time.Now()
 	}
 	m.state.redisUp = up
@@ -118,6 +121,7 @@ func (m *Metrics) Stalled(cause string, err error) {
 	s, ok := m.state.stalls[cause]
 	if !ok {
 		s = Stall{Cause: cause, Since: time.Now()}
+		m.state.hist.event("stalled", cause, err.Error())
 	}
 	s.Error = err.Error()
 	m.state.stalls[cause] = s
@@ -129,6 +133,9 @@ func (m *Metrics) Stalled(cause string, err error) {
 // Recovered implements pipeline.Health.
 func (m *Metrics) Recovered(cause string) {
 	m.state.mu.Lock()
+	if _, ok := m.state.stalls[cause]; ok {
+		m.state.hist.event("recovered", cause, "")
+	}
 	delete(m.state.stalls, cause)
 	m.state.mu.Unlock()
 	m.stalls.WithLabelValues(cause).Set(0)
