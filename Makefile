@@ -4,7 +4,7 @@
 #   make sandbox throwaway Postgres + Redis + walbust left running for client tests (docs/sandbox.md)
 #   make test    lint (gofmt, go vet, staticcheck if installed) + unit + e2e tests + client tests
 #   make build   bin/walbust
-#   make deps    install the Debian packages the demo and tests need (postgresql, redis-server, chromium...) when missing
+#   make deps    install the Debian packages the demo needs (postgresql, redis-server) when missing
 #   make consistency  the consistency harness: cache-aside readers vs walbust, primary + lagging replica
 #   make test-python  the Python client's tests (clients/python, pytest with Debian's /usr/bin/python3)
 #   make test-node    the Node client's tests (clients/node: npm ci, build, node --test)
@@ -68,8 +68,9 @@ staticcheck:
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/walbust
 
-## deps: install postgresql, redis-server and redis-tools (redis-cli) from Debian when their binaries are missing,
-## and chromium (headless, for the status page's e2e test, e2e/status_page_test.go).
+## deps: install postgresql, redis-server and redis-tools (redis-cli) from Debian when their binaries are missing;
+## for the tests also python3-redis and python3-pytest (the Python client) and chromium (headless, for the
+## status page's e2e test), all in one apt-get run.
 # Only installs packages; it never starts or enables anything itself. Note that
 # Debian's postgresql package creates a "main" cluster and, where an init system
 # is running, starts it (port 5432); redis-server's package likewise starts a
@@ -81,11 +82,13 @@ deps:
 	if [ -z "$$pg" ] || [ ! -x "$$(dirname "$$pg")/initdb" ]; then missing="$$missing postgresql"; fi; \
 	if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then missing="$$missing redis-server"; fi; \
 	if ! command -v redis-cli >/dev/null 2>&1 && [ ! -x /usr/bin/redis-cli ]; then missing="$$missing redis-tools"; fi; \
-	if ! $(PYTHON) -c 'import redis' >/dev/null 2>&1; then missing="$$missing python3-redis"; fi; \
-	if ! $(PYTHON) -c 'import pytest' >/dev/null 2>&1; then missing="$$missing python3-pytest"; fi; \
-	if ! command -v chromium >/dev/null 2>&1; then missing="$$missing chromium"; fi; \
+	if [ -n "$(TEST_DEPS)" ]; then \
+		if ! $(PYTHON) -c 'import redis' >/dev/null 2>&1; then missing="$$missing python3-redis"; fi; \
+		if ! $(PYTHON) -c 'import pytest' >/dev/null 2>&1; then missing="$$missing python3-pytest"; fi; \
+		if ! command -v chromium >/dev/null 2>&1; then missing="$$missing chromium"; fi; \
+	fi; \
 	if [ -z "$$missing" ]; then \
-		echo "deps: postgresql, redis-server, redis-cli, python3-redis, python3-pytest and chromium present"; exit 0; \
+		echo "deps: the Debian packages needed are present"; exit 0; \
 	fi; \
 	echo "deps: missing:$$missing; installing the Debian packages"; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
@@ -98,6 +101,9 @@ deps:
 	fi; \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update; \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing
+
+# The test targets (and what they depend on) need the test packages too.
+test unit test-python test-node consistency: TEST_DEPS := 1
 
 ## bench: the benchmark suite (quick scale; BENCH_FLAGS="-scale full" for the full sizes)
 bench: deps
