@@ -26,6 +26,27 @@ type WaitOptions struct {
 	// end a wait no event announces (a write to a table walbust does not
 	// map, an idle position, a lost event).
 	MaxPoll time.Duration
+	// WALBlockSize and WALSegmentSize are the server's wal_block_size and
+	// wal_segment_size (defaults 8192 and 16 MiB, Postgres's own). See
+	// pastPageHeader.
+	WALBlockSize, WALSegmentSize uint64
+}
+
+// pastPageHeader maps an LSN just past a WAL page header to the page's
+// start. pg_current_wal_insert_lsn() points past the header of the next
+// page when the last record ended exactly at a page boundary, while that
+// record's end (what walbust records) is the boundary itself: no change
+// can end inside a header, so both mean the same, and without this a wait
+// would last until the next WAL is written.
+func pastPageHeader(lsn wal.LSN, block, segment uint64) wal.LSN {
+	const short, long = 24, 40 // SizeOfXLogShortPHD, SizeOfXLogLongPHD
+	switch v := uint64(lsn); {
+	case segment > 0 && v%segment == long:
+		return lsn - long
+	case block > 0 && v%block == short && (segment == 0 || v%segment != short):
+		return lsn - short
+	}
+	return lsn
 }
 
 func (o WaitOptions) withDefaults(l1 *L1Options) WaitOptions {
@@ -40,6 +61,12 @@ func (o WaitOptions) withDefaults(l1 *L1Options) WaitOptions {
 	}
 	if o.MaxPoll <= 0 {
 		o.MaxPoll = 100 * time.Millisecond
+	}
+	if o.WALBlockSize == 0 {
+		o.WALBlockSize = 8192
+	}
+	if o.WALSegmentSize == 0 {
+		o.WALSegmentSize = 16 << 20
 	}
 	return o
 }
@@ -79,6 +106,7 @@ type waiters struct {
 // within its status interval when idle) or no events channel still end
 // the wait.
 func (c *Client) WaitApplied(ctx context.Context, lsn wal.LSN) error {
+	lsn = pastPageHeader(lsn, c.opts.Wait.WALBlockSize, c.opts.Wait.WALSegmentSize)
 	w := &c.wait
 	w.mu.Lock()
 	if lsn <= w.known {

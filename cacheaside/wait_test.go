@@ -73,3 +73,18 @@ func TestWaitApplied(t *testing.T) {
 		t.Errorf("WaitApplied on a key that holds no LSN: %v, want ErrBadPosition", err)
 	}
 }
+
+func TestPastPageHeader(t *testing.T) {
+	const blk, seg = 8192, 16 << 20
+	for _, tc := range []struct{ in, want wal.LSN }{
+		{0x1_0000_2018, 0x1_0000_2000}, // past a short header
+		{0x1_0100_0028, 0x1_0100_0000}, // past a segment's long header
+		{0x1_0100_0018, 0x1_0100_0018}, // 24 bytes into a segment's first page: a real position
+		{0x1_0000_2020, 0x1_0000_2020},
+		{0x1_0000_2000, 0x1_0000_2000},
+	} {
+		if got := pastPageHeader(tc.in, blk, seg); got != tc.want {
+			t.Errorf("pastPageHeader(%s) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,98 @@
+package e2e
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walbust/walbust/cacheaside"
+	"github.com/walbust/walbust/protocol"
+)
+
+// Read your writes: after COMMIT, pg_current_wal_insert_lsn(), then
+// WaitApplied, then a read through the cache sees the write. A write no
+// rule maps (no event, no batch) still ends the wait, through the idle
+// position; `walbust wait` exits 0, 1 or 2.
+func TestReadYourWrites(t *testing.T) {
+	e := newEnv(t, envOptions{seed: defaultSeed, extraSchema: `CREATE TABLE notes (id int PRIMARY KEY, body text);`, deps: `version: 1
+tables:
+  public.products:
+    action: fence
+    keys: ["product:{id}"]
+  public.categories:
+    keys: ["category:{id}"]
+`})
+	c, err := cacheaside.New(e.rdb, cacheaside.Options{Wait: cacheaside.WaitOptions{Slot: e.name}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	load := func(ctx context.Context, _ cacheaside.Observation) ([]byte, error) {
+		var price int
+		if err := e.db.QueryRow(ctx, `SELECT price_cents FROM products WHERE id = 1`).Scan(&price); err != nil {
+			return nil, err
+		}
+		return []byte(strconv.Itoa(price)), nil
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
+	defer cancel()
+	get := func() string {
+		t.Helper()
+		v, err := c.Get(ctx, "product:1", load)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(v)
+	}
+	if v := get(); v != "999" {
+		t.Fatalf("first read %q, want 999", v)
+	}
+	for i, price := range []int{5, 6, 7} {
+		e.exec(`UPDATE products SET price_cents = $1 WHERE id = 1`, price)
+		lsn := e.opsWALInsertLSN()
+		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+		start := time.Now()
+		err := c.WaitApplied(wctx, lsn)
+		wcancel()
+		if err != nil {
+			t.Fatalf("write %d: WaitApplied(%s): %v", i, lsn, err)
+		}
+		t.Logf("write %d: WaitApplied(%s) returned after %v", i, lsn, time.Since(start))
+		if v := get(); v != strconv.Itoa(price) {
+			t.Fatalf("write %d: read after WaitApplied %q, want %d (the cache served the old row)", i, v, price)
+		}
+	}
+	if mark := e.rdb.Get(ctx, protocol.AppliedKey(e.name)).Val(); mark == "" {
+		t.Error("no applied watermark")
+	}
+
+	// Unmapped (and unpublished) table: no batch, no event; the idle
+	// position must still pass the write within a bound.
+	e.exec(`INSERT INTO notes VALUES (1, 'hello')`)
+	lsn := e.opsWALInsertLSN()
+	start := time.Now()
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	err = c.WaitApplied(wctx, lsn)
+	wcancel()
+	if err != nil {
+		t.Fatalf("WaitApplied after a write to an unmapped table: %v (after %v)", err, time.Since(start))
+	}
+	t.Logf("unmapped write: WaitApplied returned after %v", time.Since(start))
+
+	// walbust wait.
+	lsn = e.opsWALInsertLSN()
+	if out, errOut, code := e.opsWalbust("wait", "--lsn", lsn.String(), "--timeout", "10s"); code != 0 {
+		t.Errorf("walbust wait --lsn %s exited %d, want 0:\n%s%s", lsn, code, out, errOut)
+	}
+	out, errOut, code := e.opsWalbust("wait", "--lsn", "FFFF/0", "--timeout", "300ms")
+	if code != 1 || !strings.Contains(errOut, "applied position is") {
+		t.Errorf("walbust wait for a future LSN exited %d, want 1 with the current position:\n%s%s", code, out, errOut)
+	}
+	for _, args := range [][]string{{"--lsn", "nonsense"}, {"--timeout", "1s"}, {"--lsn", "0/1", "--timeout", "0s"}} {
+		if out, errOut, code := e.opsWalbust("wait", args...); code != 2 {
+			t.Errorf("walbust wait %q exited %d, want 2:\n%s%s", args, code, out, errOut)
+		}
+	}
+}
