@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/walbust/walbust/cacheaside"
+	"github.com/walbust/walbust/internal/throwaway"
 	"github.com/walbust/walbust/protocol"
 )
 
@@ -95,4 +97,64 @@ tables:
 			t.Errorf("walbust wait %q exited %d, want 2:\n%s%s", args, code, out, errOut)
 		}
 	}
+}
+
+// With replicas: the settled position, which WaitApplied waits for, moves
+// only once the re-fence is done, after the replica replayed the write;
+// the applied position moves with the first fence.
+func TestReadYourWritesWaitsForRefence(t *testing.T) {
+	e := newEnv(t, envOptions{seed: defaultSeed, noStart: true, deps: `version: 1
+tables:
+  public.products:
+    action: fence
+    keys: ["product:{id}"]
+  public.categories:
+    keys: ["category:{id}"]
+`})
+	const delay = 1500 * time.Millisecond
+	dir, err := os.MkdirTemp("", "walbust-e2e-replica-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	replica, err := throwaway.StartReplica(e.ctx, dir, pg, throwaway.WithSetting("recovery_min_apply_delay", delay.String()))
+	if err != nil {
+		os.RemoveAll(dir)
+		t.Fatalf("start a replica: %v", err)
+	}
+	t.Cleanup(func() { replica.Close() })
+	e.regStartWith("--replica-urls", replica.URL(e.name), "--replica-wait-max", "30s")
+	c, err := cacheaside.New(e.rdb, cacheaside.Options{Wait: cacheaside.WaitOptions{Slot: e.name}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	e.cache("product:1")
+	e.exec("UPDATE products SET price_cents = 1 WHERE id = 1")
+	committed := time.Now()
+	lsn := e.opsWALInsertLSN()
+	eventually(t, invalidateTimeout, func() bool {
+		v, _ := e.regGet("product:1")
+		_, err := protocol.ParseTombstone(v)
+		return err == nil
+	}, func() string { v, _ := e.regGet("product:1"); return "product:1 = " + v + ", want a tombstone" })
+	first, _ := e.regGet("product:1")
+	ctx, cancel := context.WithTimeout(e.ctx, delay+invalidateTimeout)
+	defer cancel()
+	if err := c.WaitApplied(ctx, lsn); err != nil {
+		t.Fatalf("WaitApplied(%s): %v", lsn, err)
+	}
+	waited := time.Since(committed)
+	if waited < delay-200*time.Millisecond {
+		t.Errorf("WaitApplied returned %v after the commit, before the replica could replay it (apply delay %v)", waited, delay)
+	}
+	if v, _ := e.regGet("product:1"); v == first {
+		t.Errorf("WaitApplied returned while product:1 still held the first tombstone: the re-fence had not happened")
+	}
+	applied := opsLSN(t, e.rdb.Get(e.ctx, protocol.AppliedKey(e.name)).Val())
+	settled := opsLSN(t, e.rdb.Get(e.ctx, protocol.SettledKey(e.name)).Val())
+	if settled > applied || settled < lsn {
+		t.Errorf("settled %s, applied %s, lsn %s: want lsn <= settled <= applied", settled, applied, lsn)
+	}
+	t.Logf("WaitApplied returned %v after the commit (replica apply delay %v)", waited, delay)
 }
