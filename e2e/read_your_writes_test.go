@@ -16,7 +16,8 @@ import (
 // Read your writes: after COMMIT, pg_current_wal_insert_lsn(), then
 // WaitApplied, then a read through the cache sees the write. A write no
 // rule maps (no event, no batch) still ends the wait, through the idle
-// position; `walbust wait` exits 0, 1 or 2.
+// position; `walbust wait` exits 0, 1 or 2. (The throwaway server runs with
+// synchronous_commit=off, so each wait takes up to wal_writer_delay.)
 func TestReadYourWrites(t *testing.T) {
 	e := newEnv(t, envOptions{seed: defaultSeed, extraSchema: `CREATE TABLE notes (id int PRIMARY KEY, body text);`, deps: `version: 1
 tables:
