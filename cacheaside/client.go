@@ -67,6 +67,7 @@ type Client struct {
 	reval   sync.Map // keys being revalidated by this process
 	l1      *l1      // nil without L1
 	n       counters
+	wait    waiters // WaitApplied's shared poller and subscription
 
 	bg     context.Context
 	stop   context.CancelFunc

@@ -44,6 +44,8 @@ type Options struct {
 	FenceTTL time.Duration
 	// L1, when set, keeps values in process too (see L1Options).
 	L1 *L1Options
+	// Wait configures WaitApplied (see WaitOptions).
+	Wait WaitOptions
 }
 
 // L1Options configure the in-process cache. It holds an entry only while
@@ -113,6 +115,7 @@ func (o Options) withDefaults() (Options, error) {
 		}
 		o.L1 = &l1
 	}
+	o.Wait = o.Wait.withDefaults(o.L1)
 	return o, nil
 }
 

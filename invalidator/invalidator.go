@@ -49,6 +49,13 @@ type Options struct {
 	// Watermark is the key where ApplyBatch records the end LSN of every
 	// batch it applied (protocol.AppliedKey; "" disables).
 	Watermark string
+	// Settled is the key of the settled position (protocol.SettledKey; ""
+	// disables): how far every change is in Redis and, with replicas,
+	// fenced again after the replicas replayed it. ApplyBatch records it
+	// with the watermark, unless SettleLater: then Settle does, once the
+	// re-fence is done.
+	Settled     string
+	SettleLater bool
 	// OnResult is told the outcome of every attempt to apply a batch (nil:
 	// acknowledged), so an outage shows in metrics while the batch is still
 	// retrying. Pings are not reported: a server that answers PING may
@@ -67,6 +74,7 @@ type Invalidator struct {
 	// attempt: a retry or a replay re-fences with a token no reader has
 	// observed, which can only make more fills fail, never fewer.
 	token string
+	pos   positions // how Watermark and Settled are written
 }
 
 // Stats describes one applied batch.
@@ -121,7 +129,7 @@ func (iv *Invalidator) Ping(ctx context.Context) error {
 // exponential backoff until Redis acknowledges every command or ctx ends.
 // It returns nil only when every invalidation was acknowledged.
 func (iv *Invalidator) Apply(ctx context.Context, invs []mapping.Invalidation) (Stats, error) {
-	return iv.apply(ctx, invs, nil, 0)
+	return iv.apply(ctx, invs, nil, marks{})
 }
 
 // ApplyBatch is Apply for the invalidations of the batch ending at lsn,
@@ -133,7 +141,11 @@ func (iv *Invalidator) Apply(ctx context.Context, invs []mapping.Invalidation) (
 // as the applied watermark (Options.Watermark), even when invs is empty:
 // the watermark must reach every position walbust checkpoints.
 func (iv *Invalidator) ApplyBatch(ctx context.Context, lsn wal.LSN, invs []mapping.Invalidation) (Stats, error) {
-	return iv.applyEvent(ctx, lsn, invs, lsn)
+	m := marks{applied: lsn, settled: lsn}
+	if iv.opts.SettleLater {
+		m.settled = 0
+	}
+	return iv.applyEvent(ctx, lsn, invs, m)
 }
 
 // ApplyChunk is ApplyBatch for a part of the batch ending at lsn that is
@@ -141,10 +153,10 @@ func (iv *Invalidator) ApplyBatch(ctx context.Context, lsn wal.LSN, invs []mappi
 // watermark is left alone, since the batch is not all in Redis yet, or its
 // position was recorded already and later batches may have moved past it.
 func (iv *Invalidator) ApplyChunk(ctx context.Context, lsn wal.LSN, invs []mapping.Invalidation) (Stats, error) {
-	return iv.applyEvent(ctx, lsn, invs, 0)
+	return iv.applyEvent(ctx, lsn, invs, marks{})
 }
 
-func (iv *Invalidator) applyEvent(ctx context.Context, lsn wal.LSN, invs []mapping.Invalidation, mark wal.LSN) (Stats, error) {
+func (iv *Invalidator) applyEvent(ctx context.Context, lsn wal.LSN, invs []mapping.Invalidation, mark marks) (Stats, error) {
 	if iv.opts.EventsChannel == "" || len(invs) == 0 {
 		return iv.apply(ctx, invs, nil, mark)
 	}
@@ -163,12 +175,10 @@ func (iv *Invalidator) applyEvent(ctx context.Context, lsn wal.LSN, invs []mappi
 	return iv.apply(ctx, invs, msg, mark)
 }
 
-// apply runs invs, then event, then records mark (0: not) as the watermark.
-func (iv *Invalidator) apply(ctx context.Context, invs []mapping.Invalidation, event []byte, mark wal.LSN) (Stats, error) {
-	if iv.opts.Watermark == "" {
-		mark = 0
-	}
-	if len(invs) == 0 && mark == 0 {
+// apply runs invs, then records mark's positions, then sends event.
+func (iv *Invalidator) apply(ctx context.Context, invs []mapping.Invalidation, event []byte, mark marks) (Stats, error) {
+	mark = iv.enabledMarks(mark)
+	if len(invs) == 0 && mark.none() {
 		return Stats{}, nil
 	}
 	return iv.retrying(ctx, "batch", len(invs), func(st *Stats) error {
@@ -182,6 +192,11 @@ func (iv *Invalidator) apply(ctx context.Context, invs []mapping.Invalidation, e
 				*st = Stats{Attempts: st.Attempts} // count the keys once
 				err = iv.applyOnce(ctx, invs, event, mark, st)
 			}
+		}
+		if iv.markNoPerm(err) {
+			// The user may not run raise.lua: plain SETs from now on.
+			*st = Stats{Attempts: st.Attempts}
+			err = iv.applyOnce(ctx, invs, event, mark, st)
 		}
 		return err
 	})
@@ -227,7 +242,7 @@ func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt
 	}
 }
 
-func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidation, event []byte, mark wal.LSN, st *Stats) error {
+func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidation, event []byte, mark marks, st *Stats) error {
 	iv.token = protocol.NewToken()
 	b := iv.newBatch()
 	var patterns []mapping.Invalidation
@@ -252,9 +267,10 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 	if err := b.flushUnlinks(ctx); err != nil {
 		return err
 	}
-	if mark != 0 && len(patterns) == 0 && b.pipe != nil && iv.cluster == nil {
-		b.pipe.Set(ctx, iv.opts.Watermark, mark.String(), 0)
-		mark = 0
+	inPipe := false
+	if !mark.none() && len(patterns) == 0 && b.pipe != nil && iv.cluster == nil {
+		iv.queueMarks(ctx, b.pipe, mark)
+		inPipe = true
 	}
 	if event != nil && len(patterns) == 0 && b.pipe != nil && iv.cluster == nil && iv.opts.WaitReplicas == 0 {
 		b.pipe.Publish(ctx, iv.opts.EventsChannel, event)
@@ -262,6 +278,10 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 	}
 	if err := b.exec(ctx); err != nil {
 		return err
+	}
+	if inPipe {
+		iv.marked(mark)
+		mark = marks{}
 	}
 	for _, inv := range patterns {
 		n, err := iv.scan(ctx, inv)
@@ -271,8 +291,8 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 		st.Patterns++
 		st.PatternMatches += n
 	}
-	if mark != 0 {
-		if err := iv.setWatermark(ctx, mark); err != nil {
+	if !mark.none() {
+		if err := iv.sendMarks(ctx, mark); err != nil {
 			return err
 		}
 	}

@@ -16,6 +16,8 @@ var (
 	bumpSource string
 	//go:embed lua/stale.lua
 	staleSource string
+	//go:embed lua/raise.lua
+	raiseSource string
 )
 
 // bumpScript raises a version key to ARGV[1], never lowering it, so replays
@@ -33,4 +35,8 @@ var staleScript = redis.NewScript(staleSource)
 // already there, always with the batch's fresh token.
 var fenceScript = redis.NewScript(protocol.FenceScript)
 
-var scripts = []*redis.Script{bumpScript, staleScript, fenceScript}
+// raiseScript raises a position key (the applied and settled watermarks)
+// to ARGV[1], never lowering it.
+var raiseScript = redis.NewScript(raiseSource)
+
+var scripts = []*redis.Script{bumpScript, staleScript, fenceScript, raiseScript}

@@ -12,5 +12,6 @@ func TestScriptFiles(t *testing.T) {
 	luatest.Check(t, map[string]string{
 		"lua/bump.lua":  bumpSource,
 		"lua/stale.lua": staleSource,
+		"lua/raise.lua": raiseSource,
 	})
 }

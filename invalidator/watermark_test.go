@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -73,6 +74,9 @@ func TestWatermarkWrittenWithBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer iv.Close()
+	if err := iv.loadScripts(ctx); err != nil {
+		t.Fatal(err)
+	}
 	rec := &pipeRecorder{}
 	iv.client.AddHook(rec)
 	want := func(lsn wal.LSN) {
@@ -91,16 +95,16 @@ func TestWatermarkWrittenWithBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	want(0x16B3748)
-	if p := rec.take(); len(p) != 1 || !slices.Equal(p[0], []string{"unlink", "set", "publish"}) {
-		t.Errorf("commands %q, want one pipeline: unlink, set (the watermark), publish", p)
+	if p := rec.take(); len(p) != 1 || !slices.Equal(p[0], []string{"unlink", "evalsha", "publish"}) {
+		t.Errorf("commands %q, want one pipeline: unlink, evalsha (raise.lua: the watermark), publish", p)
 	}
 
 	if _, err := iv.ApplyBatch(ctx, 0x16B4000, nil); err != nil {
 		t.Fatal(err)
 	}
 	want(0x16B4000)
-	if p := rec.take(); len(p) != 1 || !slices.Equal(p[0], []string{"set"}) {
-		t.Errorf("commands %q for an empty batch, want the watermark's set alone", p)
+	if p := rec.take(); len(p) != 1 || !slices.Equal(p[0], []string{"evalsha"}) {
+		t.Errorf("commands %q for an empty batch, want the watermark's evalsha alone", p)
 	}
 
 	withPattern := append(slices.Clone(keys), mapping.Invalidation{Action: mapping.Delete, Key: "s:*", Pattern: true})
@@ -113,7 +117,7 @@ func TestWatermarkWrittenWithBatch(t *testing.T) {
 	for _, c := range p {
 		flat = append(flat, c...)
 	}
-	if i, j, k := slices.Index(flat, "scan"), slices.Index(flat, "set"), slices.Index(flat, "publish"); i < 0 || j < i || k < j {
+	if i, j, k := slices.Index(flat, "scan"), slices.Index(flat, "evalsha"), slices.Index(flat, "publish"); i < 0 || j < i || k < j {
 		t.Errorf("commands %q: want the watermark after the scan and before the event", p)
 	}
 
@@ -142,6 +146,9 @@ func TestWatermarkBeforeWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer iv.Close()
+	if err := iv.loadScripts(ctx); err != nil {
+		t.Fatal(err)
+	}
 	rec := &pipeRecorder{}
 	iv.client.AddHook(rec)
 	// No replica: WAIT fails the batch; what matters is what was sent.
@@ -149,7 +156,91 @@ func TestWatermarkBeforeWait(t *testing.T) {
 	defer stop()
 	_, _ = iv.ApplyBatch(short, 0x100, []mapping.Invalidation{{Action: mapping.Delete, Key: "a:1"}})
 	p := rec.take()
-	if len(p) == 0 || !slices.Equal(p[0], []string{"unlink", "set", "wait"}) {
-		t.Errorf("commands %q, want unlink, set, wait in one pipeline", p)
+	if len(p) == 0 || !slices.Equal(p[0], []string{"unlink", "evalsha", "wait"}) {
+		t.Errorf("commands %q, want unlink, evalsha, wait in one pipeline", p)
 	}
+}
+
+// The positions never move backwards: a replayed batch, an idle save
+// behind a batch, or another instance writing an older position leave
+// them where they are; with SettleLater the settled position waits for
+// Settle. A user without EVALSHA gets plain SETs, guarded in process.
+func TestPositionsNeverLower(t *testing.T) {
+	r := testRedis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rdb := r.Client()
+	defer rdb.Close()
+	applied, settled := protocol.AppliedKey("mono"), protocol.SettledKey("mono")
+	opts := Options{URL: r.URL(), Watermark: applied, Settled: settled}
+	iv, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer iv.Close()
+	other, err := New(opts) // a second instance: no shared process state
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	want := func(key string, lsn wal.LSN) {
+		t.Helper()
+		if v := rdb.Get(ctx, key).Val(); v != lsn.String() {
+			t.Fatalf("%s holds %q, want %q", key, v, lsn.String())
+		}
+	}
+	keys := []mapping.Invalidation{{Action: mapping.Delete, Key: "a:1"}}
+	if _, err := iv.ApplyBatch(ctx, 0x1_0000_0200, keys); err != nil {
+		t.Fatal(err)
+	}
+	want(applied, 0x1_0000_0200)
+	want(settled, 0x1_0000_0200)
+	if _, err := other.ApplyBatch(ctx, 0x0_FFFF_FFFF, keys); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.SaveWatermark(ctx, 0x1_0000_0100); err != nil {
+		t.Fatal(err)
+	}
+	want(applied, 0x1_0000_0200)
+	want(settled, 0x1_0000_0200)
+	if _, err := iv.ApplyBatch(ctx, 0x1_0000_0300, nil); err != nil {
+		t.Fatal(err)
+	}
+	want(applied, 0x1_0000_0300)
+
+	later, err := New(Options{URL: r.URL(), Watermark: applied, Settled: settled, SettleLater: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer later.Close()
+	if _, err := later.ApplyBatch(ctx, 0x1_0000_0400, keys); err != nil {
+		t.Fatal(err)
+	}
+	want(applied, 0x1_0000_0400)
+	want(settled, 0x1_0000_0300)
+	if err := later.Settle(ctx, 0x1_0000_0400); err != nil {
+		t.Fatal(err)
+	}
+	want(settled, 0x1_0000_0400)
+
+	// A user that may not run EVALSHA: plain SET, never below what this
+	// process wrote.
+	if err := rdb.Do(ctx, "ACL", "SETUSER", "noscript", "on", ">pw", "~*", "&*", "+@all", "-evalsha", "-eval", "-script").Err(); err != nil {
+		t.Fatal(err)
+	}
+	u := r.URL()
+	u = strings.Replace(u, "redis://", "redis://noscript:pw@", 1)
+	plain, err := New(Options{URL: u, Watermark: applied, Settled: settled})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if _, err := plain.ApplyBatch(ctx, 0x1_0000_0500, keys); err != nil {
+		t.Fatal(err)
+	}
+	want(applied, 0x1_0000_0500)
+	if _, err := plain.ApplyBatch(ctx, 0x1_0000_0450, keys); err != nil {
+		t.Fatal(err)
+	}
+	want(applied, 0x1_0000_0500)
 }

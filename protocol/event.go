@@ -19,7 +19,10 @@ const DefaultEventsChannel = "walbust:events"
 //
 //	{"lsn": "16/B374D848", "keys": ["product:1"], "patterns": ["search:users:\\*:*"]}
 //
-// lsn is the end LSN of the batch's last transaction in pg_lsn text form.
+// lsn is the end LSN of the batch's last transaction in pg_lsn text form:
+// the applied position (AppliedKey) the batch recorded, which Redis holds
+// before the event is published. A re-fence publishes its keys again with
+// the re-fenced batch's lsn, which may be behind AppliedKey by then.
 // keys are exact keys; patterns are Redis glob patterns (as SCAN MATCH
 // reads them) whose row values are already escaped. "flush": true, when
 // present, means drop every entry: walbust sends it when a key cannot be

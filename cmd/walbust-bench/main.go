@@ -8,7 +8,9 @@
 //     consuming, and with a pg_notify trigger plus a listener;
 //  4. memory: walbust's peak RSS draining and on one huge transaction;
 //  5. scale-out: one backlog drained against a Redis Cluster and
-//     against one redis-server, and by two shards side by side.
+//     against one redis-server, and by two shards side by side;
+//  6. read your writes: commit to cacheaside WaitApplied returning, idle
+//     and at 1k and 5k tx/s.
 //
 // It starts its own throwaway Postgres and redis-server (Debian binaries),
 // builds walbust, prints a table, optionally writes JSON, and removes
@@ -64,7 +66,7 @@ var scales = map[string]scale{
 		WriterDuration: 15 * time.Second, WriterRuns: 3, WriterClients: 4, MemRows: 1000000, MemCollapse: true, ClusterTxs: 400000, ClusterRuns: 3},
 }
 
-var allPhases = []string{"drain", "writers", "lag", "memory", "cluster"}
+var allPhases = []string{"drain", "writers", "lag", "memory", "cluster", "ryw"}
 
 func main() { os.Exit(run()) }
 
@@ -72,7 +74,7 @@ func run() int {
 	scaleName := flag.String("scale", "quick", "quick (about 3-4 minutes) or full (the design sizes)")
 	jsonPath := flag.String("json", "", "also write the results as JSON to this file")
 	binary := flag.String("walbust", "", "walbust binary to test (default: go build ./cmd/walbust into the work directory)")
-	phases := flag.String("phases", strings.Join(allPhases, ","), "parts to run: drain (1 and 4a), writers (3), lag (2), memory (4b), cluster (5)")
+	phases := flag.String("phases", strings.Join(allPhases, ","), "parts to run: drain (1 and 4a), writers (3), lag (2), memory (4b), cluster (5), ryw (6)")
 	accounts := flag.Int("accounts", 0, "rows in accounts (0: the scale's)")
 	singleTxs := flag.Int("single-txs", 0, "single-row transactions in the backlog (0: the scale's)")
 	bigTxs := flag.Int("big-txs", 0, "big transactions in the backlog (0: the scale's)")
@@ -183,6 +185,7 @@ func run() int {
 		{"lag", func() (err error) { res.Lag, err = runLag(ctx, e); return }},
 		{"memory", func() (err error) { res.Memory, err = runMemory(ctx, e); return }},
 		{"cluster", func() (err error) { res.Cluster, err = runCluster(ctx, e); return }},
+		{"ryw", func() (err error) { res.RYW, err = runRYW(ctx, e); return }},
 	}
 	for _, p := range parts {
 		if !selected[p.name] {

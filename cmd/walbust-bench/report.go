@@ -25,6 +25,7 @@ type results struct {
 	Lag     *lagResult     `json:"lag,omitempty"`
 	Memory  *memoryResult  `json:"memory,omitempty"`
 	Cluster *clusterResult `json:"cluster,omitempty"`
+	RYW     *rywResult     `json:"read_your_writes,omitempty"`
 	Targets []target       `json:"targets"`
 	Errors  []string       `json:"errors,omitempty"`
 }
@@ -178,7 +179,7 @@ func evaluate(r *results) []target {
 	} else {
 		notRun("peak RSS on a 1,000,000-row transaction", "< 200 MB")
 	}
-	return ts
+	return rywEvaluate(r, ts)
 }
 
 func printTable(out io.Writer, r *results) {
@@ -262,6 +263,11 @@ func printTable(out io.Writer, r *results) {
 	}
 	if c := r.Cluster; c != nil && len(c.Runs) > 0 {
 		clusterRows(c, row)
+	}
+	if r.RYW != nil {
+		for _, cells := range rywRows(r.RYW) {
+			row(cells...)
+		}
 	}
 	tw.Flush()
 	fmt.Fprintln(out, "\ntargets:")

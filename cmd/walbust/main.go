@@ -84,6 +84,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return explainCommand(ctx, rest, stdout, stderr)
 	case "status":
 		return statusCommand(ctx, rest, stdout, stderr)
+	case "wait":
+		return waitCommand(ctx, rest, stdout, stderr)
+	case "audit":
+		return auditCommand(ctx, rest, stdout, stderr)
 	case "teardown":
 		return teardownCommand(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":

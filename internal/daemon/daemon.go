@@ -85,6 +85,8 @@ func Run(ctx context.Context, o Options) (err error) {
 		d.metrics.RedisResult(err, errors.Is(err, invalidator.ErrTooFewReplicas))
 	}
 	ropts.Watermark = protocol.AppliedKey(d.cfg.Postgres.Slot)
+	// With replicas the settled position waits for the re-fence.
+	ropts.Settled, ropts.SettleLater = protocol.SettledKey(d.cfg.Postgres.Slot), d.cfg.Replicas.Enabled()
 	d.inv, err = invalidator.New(ropts)
 	if err != nil {
 		return UsageError{err}

@@ -68,6 +68,13 @@ func (a *serialApplier) ApplyChunk(ctx context.Context, lsn wal.LSN, invs []mapp
 	return a.inv.ApplyChunk(ctx, lsn, invs)
 }
 
+// Settle records the settled position after a re-fence.
+func (a *serialApplier) Settle(ctx context.Context, lsn wal.LSN) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.inv.Settle(ctx, lsn)
+}
+
 // bindTables resolves the registry's tables at start. It returns problems
 // (from validate.Registry) when any must stop walbust: a missing table
 // alone does not; it is logged, and its on_truncate rules applied.

@@ -403,6 +403,16 @@ func (p *Pipeline) apply(ctx context.Context, batch []*committed, buf *applyBuff
 	if p.refence != nil && (fences != nil || len(p.refence.queue) > 0) {
 		p.refence.push(awaitingReplicas{end: end, txs: len(batch), fences: fences, since: b.Acked})
 	} else {
+		if p.refence != nil {
+			// Nothing to fence again and nothing waiting before it: the
+			// batch is settled now (the applier, told that replicas are
+			// watched, did not record it as settled with the batch).
+			if s, ok := p.opts.Applier.(Settler); ok {
+				if err := s.Settle(ctx, end); err != nil {
+					return fmt.Errorf("record the settled position %s: %w", end, err)
+				}
+			}
+		}
 		p.ckpt.applied(end, len(batch))
 	}
 	if p.opts.Observer != nil {

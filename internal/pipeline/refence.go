@@ -121,5 +121,22 @@ func (p *Pipeline) refenceDue(ctx context.Context) error {
 		}
 		p.ckpt.applied(a.end, a.txs)
 	}
+	if len(due) > 0 {
+		// After the re-fences, never before: readers waiting to read their
+		// own writes (protocol.SettledKey) wait for this one.
+		if s, ok := p.opts.Applier.(Settler); ok {
+			end := due[len(due)-1].end
+			if err := s.Settle(ctx, end); err != nil {
+				return fmt.Errorf("record the settled position %s: %w", end, err)
+			}
+		}
+	}
 	return nil
+}
+
+// Settler is implemented by an Applier that records the settled position
+// (protocol.SettledKey) apart from the applied one: with replicas, the
+// pipeline calls Settle once the batches up to lsn were fenced again.
+type Settler interface {
+	Settle(ctx context.Context, lsn wal.LSN) error
 }
