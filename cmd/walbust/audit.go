@@ -18,13 +18,17 @@ import (
 // walbust's own keys. Point --redis-url at a replica to keep the scan off
 // the master: the given URL is the one scanned.
 func auditCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, loader := newFlags("audit", stderr)
+	fs := newFlags("audit", `Usage: walbust audit [--rate 1000] [--json] [--max-uncovered N]
+
+Scans Redis (at most --rate keys per second) for key families no deps.yaml rule can produce:
+walbust never invalidates them, they live on their TTL alone. Point --redis-url at a replica to
+keep the scan off the master. Exit 1 when an uncovered family has more than --max-uncovered keys.`, stderr)
 	rate := fs.Int("rate", 1000, "keys scanned per second at most (0: no limit)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	maxUncovered := fs.Int64("max-uncovered", -1, "exit 1 when an uncovered family has more than this many keys (-1: never)")
 	sample := fs.Int("sample", 50, "keys per uncovered family whose TTL is read (PTTL)")
 	examples := fs.Int("examples", 3, "example keys shown per family")
-	l, err := loadWith(fs, loader, args, stderr)
+	l, err := loadWith(fs, args, stderr)
 	if err != nil {
 		return err
 	}

@@ -11,7 +11,7 @@ import (
 	"testing"
 )
 
-var commands = []string{"init", "setup", "validate", "explain", "run", "status", "teardown"}
+var commands = []string{"init", "setup", "validate", "explain", "run", "status", "wait", "audit", "teardown"}
 
 // help returns a command's -h output and the flags it lists.
 func help(t *testing.T, command string) (string, []string) {

@@ -21,6 +21,7 @@ var version = "dev"
 const usage = `walbust keeps Redis caches honest by tailing PostgreSQL logical replication.
 
 Usage:
+  walbust init     --postgres-url URL      write a starting walbust.yaml and deps.yaml from the live schema
   walbust setup    --config walbust.yaml   create the publication and the replication slot
   walbust run      --config walbust.yaml   stream changes and invalidate cache keys
   walbust validate --config walbust.yaml   check deps.yaml against the live database
@@ -29,6 +30,8 @@ Usage:
   walbust status   --config walbust.yaml [--json]
                                            slot, lag, checkpoint and daemon health; exit 1 if the slot is missing or lost
                                            or the checkpoint is unusable
+  walbust wait     --lsn LSN [--timeout D] wait until walbust applied every change up to LSN (read your writes)
+  walbust audit    --config walbust.yaml   report Redis key families no deps.yaml rule covers
   walbust teardown --config walbust.yaml   drop the slot and the publication
   walbust version                          print the version
 

@@ -35,6 +35,8 @@ var commandGroups = map[string]config.Group{
 	"explain":  config.GroupPostgres | config.GroupDeps,
 	"status":   config.GroupPostgres | config.GroupSlot | config.GroupCheckpoint | config.GroupListen | config.GroupShard,
 	"init":     config.GroupPostgres | config.GroupSlot | config.GroupRedis | config.GroupCheckpoint | config.GroupListen,
+	"wait":     config.GroupSlot | config.GroupRedis | config.GroupRedisExtra | config.GroupShard,
+	"audit":    config.GroupRedis | config.GroupRedisExtra | config.GroupDeps,
 }
 
 // flagSet is a command's flag set with its configuration flags on it; the

@@ -19,10 +19,14 @@ import (
 // read through the cache: exit 0 once applied, 1 on timeout (saying where
 // walbust is), 2 on a usage mistake.
 func waitCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, loader := newFlags("wait", stderr)
+	fs := newFlags("wait", `Usage: walbust wait --lsn LSN [--timeout 30s]
+
+Waits until walbust has applied (and, with replicas:, re-fenced) every change up to LSN, e.g.
+the pg_current_wal_insert_lsn() read after a COMMIT: then a read through the cache sees that
+write. Exit 0 once applied, 1 on timeout (saying where walbust is), 2 on a usage mistake.`, stderr)
 	lsnText := fs.String("lsn", "", "the LSN to wait for (pg_lsn text, e.g. from SELECT pg_current_wal_insert_lsn() after COMMIT)")
 	timeout := fs.Duration("timeout", 30*time.Second, "give up after this long (exit 1)")
-	l, err := loadWith(fs, loader, args, stderr)
+	l, err := loadWith(fs, args, stderr)
 	if err != nil {
 		return err
 	}
