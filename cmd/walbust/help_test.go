@@ -11,7 +11,7 @@ import (
 	"testing"
 )
 
-var commands = []string{"init", "setup", "validate", "explain", "run", "status", "wait", "audit", "teardown"}
+var commands = []string{"init", "setup", "validate", "explain", "run", "status", "wait", "audit", "shadow", "teardown"}
 
 // help returns a command's -h output and the flags it lists.
 func help(t *testing.T, command string) (string, []string) {
@@ -37,6 +37,7 @@ func TestHelpListsOnlyTheCommandsFlags(t *testing.T) {
 		"status":   {want: []string{"config", "postgres-url", "slot", "checkpoint", "listen", "shard", "json"}, not: []string{"redis-url", "deps"}},
 		"setup":    {want: []string{"config", "postgres-url", "slot", "publication", "deps", "shard", "print-sql"}, not: []string{"redis-url", "listen"}},
 		"run":      {want: []string{"config", "postgres-url", "status-interval", "redis-sentinel-master", "log-level", "debug-pprof", "on-slot-loss"}},
+		"shadow":   {want: []string{"config", "postgres-url", "publication", "redis-url", "shard", "deps", "duration", "json", "examples"}, not: []string{"checkpoint", "listen", "log-level"}},
 		"init":     {want: []string{"config", "postgres-url", "slot", "redis-url", "listen", "tables", "dir", "force"}, not: []string{"deps", "redis-sentinel-master"}},
 	}
 	for cmd, tt := range tests {

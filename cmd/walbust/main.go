@@ -32,6 +32,9 @@ Usage:
                                            or the checkpoint is unusable
   walbust wait     --lsn LSN [--timeout D] wait until walbust applied every change up to LSN (read your writes)
   walbust audit    --config walbust.yaml   report Redis key families no deps.yaml rule covers
+  walbust shadow   --deps candidate.yaml --duration 60s [--json]
+                                           try a deps.yaml change on live traffic (a temporary slot; Redis untouched):
+                                           its keys, patterns and lookups per second, and the diff against the running one
   walbust teardown --config walbust.yaml   drop the slot and the publication
   walbust version                          print the version
 
@@ -91,6 +94,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return waitCommand(ctx, rest, stdout, stderr)
 	case "audit":
 		return auditCommand(ctx, rest, stdout, stderr)
+	case "shadow":
+		return shadowCommand(ctx, rest, stdout, stderr)
 	case "teardown":
 		return teardownCommand(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":

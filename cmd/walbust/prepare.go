@@ -37,6 +37,9 @@ var commandGroups = map[string]config.Group{
 	"init":     config.GroupPostgres | config.GroupSlot | config.GroupRedis | config.GroupCheckpoint | config.GroupListen,
 	"wait":     config.GroupSlot | config.GroupRedis | config.GroupRedisExtra | config.GroupShard,
 	"audit":    config.GroupRedis | config.GroupRedisExtra | config.GroupDeps,
+	// shadow's --deps is the candidate: the running deps.yaml is the
+	// config's (file or WALBUST_DEPS), so it takes no GroupDeps flag.
+	"shadow": config.GroupPostgres | config.GroupSlot | config.GroupRedis | config.GroupRedisExtra | config.GroupShard,
 }
 
 // flagSet is a command's flag set with its configuration flags on it; the
