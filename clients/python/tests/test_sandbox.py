@@ -36,6 +36,14 @@ def psql(url, sql):
     return out.stdout.strip()
 
 
+def wait_applied(r, slot, lsn):
+    """Waits until walbust's applied watermark for slot reaches lsn."""
+    def applied():
+        v = r.get(p.applied_key(slot))
+        return v is not None and p.parse_pg_lsn(v.decode()) >= lsn
+    eventually(applied, 15, f"walbust applied up to {p.format_pg_lsn(lsn)}")
+
+
 def test_walbust_invalidates_what_python_cached(sandbox):
     url = sandbox.get("WALBUST_SANDBOX_POSTGRES_URL")
     if not url:
@@ -48,6 +56,9 @@ def test_walbust_invalidates_what_python_cached(sandbox):
     key = sandbox.get("WALBUST_SANDBOX_PRODUCT_KEY", "product:{id}").replace("{id}", str(pid))
     psql(url, "INSERT INTO categories (id, name) VALUES (900001, 'py') ON CONFLICT DO NOTHING")
     psql(url, f"INSERT INTO products (id, category_id, name, price_cents) VALUES ({pid}, 900001, 'py', 100)")
+    # The inserts' own invalidations (and their events) must be behind us
+    # before caching: one arriving late would clear what the test caches.
+    wait_applied(r, sandbox.get("WALBUST_SANDBOX_SLOT", "walbust_sandbox"), p.parse_pg_lsn(psql(url, "SELECT pg_current_wal_insert_lsn()")))
 
     def load(obs):
         return psql(url, f"SELECT price_cents FROM products WHERE id = {pid}").encode()
