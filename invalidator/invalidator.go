@@ -63,18 +63,17 @@ type Invalidator struct {
 	cluster *redis.ClusterClient // client, in cluster mode; nil otherwise
 	opts    Options
 	log     *zap.Logger
-	// token is written into every tombstone of one attempt. A new one per
-	// attempt: a retry or a replay re-fences with a token no reader has
-	// observed, which can only make more fills fail, never fewer.
-	token string
 }
 
 // Stats describes one applied batch.
 type Stats struct {
 	Attempts       int
-	Keys           int // direct keys acted on
-	Patterns       int // patterns scanned
-	PatternMatches int // keys found by pattern scans
+	Keys           int  // direct keys acted on
+	Patterns       int  // distinct patterns applied
+	PatternMatches int  // keys found by patterns (by SCAN or in an index)
+	KeysScanned    int  // keys SCAN returned to a pattern pass, matched in Go
+	IndexHits      int  // keys found in indexes of indexed patterns
+	Scanned        bool // a SCAN pass ran (some pattern is not index-only)
 }
 
 // New connects lazily: Redis may be down at start, and Apply retries.
@@ -228,8 +227,13 @@ func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt
 }
 
 func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidation, event []byte, mark wal.LSN, st *Stats) error {
-	iv.token = protocol.NewToken()
+	// A new token per attempt, written into every tombstone of it: a
+	// retry or a replay re-fences with a token no reader has observed,
+	// which can only make more fills fail, never fewer. Local, since a
+	// pattern pass may run concurrently (ApplyPass).
+	token := protocol.NewToken()
 	b := iv.newBatch()
+	b.token = token
 	var patterns []mapping.Invalidation
 	for _, inv := range invs {
 		if inv.Pattern {
@@ -263,13 +267,10 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 	if err := b.exec(ctx); err != nil {
 		return err
 	}
-	for _, inv := range patterns {
-		n, err := iv.scan(ctx, inv)
-		if err != nil {
+	if len(patterns) > 0 {
+		if err := iv.passOnce(ctx, token, patterns, st); err != nil {
 			return err
 		}
-		st.Patterns++
-		st.PatternMatches += n
 	}
 	if mark != 0 {
 		if err := iv.setWatermark(ctx, mark); err != nil {
@@ -311,7 +312,7 @@ func (b *batch) queue(ctx context.Context, inv mapping.Invalidation, key string)
 		if err != nil {
 			return err
 		}
-		fenceScript.EvalSha(ctx, pipe, []string{key}, strconv.FormatUint(uint64(inv.Version), 10), b.iv.token, inv.TTL.Milliseconds())
+		fenceScript.EvalSha(ctx, pipe, []string{key}, strconv.FormatUint(uint64(inv.Version), 10), b.token, inv.TTL.Milliseconds())
 	default:
 		return b.unlink(ctx, key)
 	}
@@ -399,4 +400,7 @@ func (s *Stats) Add(o Stats) {
 	s.Keys += o.Keys
 	s.Patterns += o.Patterns
 	s.PatternMatches += o.PatternMatches
+	s.KeysScanned += o.KeysScanned
+	s.IndexHits += o.IndexHits
+	s.Scanned = s.Scanned || o.Scanned
 }

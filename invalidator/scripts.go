@@ -33,4 +33,4 @@ var staleScript = redis.NewScript(staleSource)
 // already there, always with the batch's fresh token.
 var fenceScript = redis.NewScript(protocol.FenceScript)
 
-var scripts = []*redis.Script{bumpScript, staleScript, fenceScript}
+var scripts = []*redis.Script{bumpScript, staleScript, fenceScript, indexDrainScript}
