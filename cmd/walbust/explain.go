@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/walbust/walbust/internal/lookup"
+	"github.com/walbust/walbust/internal/validate"
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/replication"
 	"github.com/walbust/walbust/replication/wal"
@@ -193,6 +194,9 @@ func printPlan(w io.Writer, file, table string, op wal.Op, note string, plan *ma
 			detail = fmt.Sprintf("move to %s for %s", inv.Aux.For(inv.Key), inv.TTL)
 		case mapping.Fence:
 			detail = fmt.Sprintf("replace with a tombstone of the commit LSN for %s", inv.TTL)
+		}
+		if inv.Pattern {
+			detail = strings.TrimPrefix(detail+"; ", "; ") + "path " + validate.PatternPath(inv.Template)
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s:%d:%d\t%s\t%s\n", inv.Action, kind, inv.Key, file, inv.Template.Line, inv.Template.Column, inv.Rule.Name, detail)
 	}

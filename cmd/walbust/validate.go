@@ -56,6 +56,9 @@ func validateCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		if len(problems) == 0 {
 			fmt.Fprintf(stdout, "%s%s: ok (%d tables)\n", t.shardPrefix(), t.reg.File, len(t.reg.Tables))
 		}
+		for _, line := range validate.PatternPaths(t.reg) {
+			fmt.Fprintln(stdout, t.shardPrefix()+line)
+		}
 	}
 	redisProblems := validateRedis(ctx, stdout, l)
 	if total > 0 || redisProblems > 0 {
