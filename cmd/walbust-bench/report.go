@@ -15,18 +15,19 @@ import (
 )
 
 type results struct {
-	Command string         `json:"command"`
-	Started time.Time      `json:"started"`
-	Seconds float64        `json:"seconds"`
-	Machine machine        `json:"machine"`
-	Scale   scale          `json:"scale"`
-	Drain   *drainResult   `json:"drain,omitempty"`
-	Writers *writersResult `json:"writers,omitempty"`
-	Lag     *lagResult     `json:"lag,omitempty"`
-	Memory  *memoryResult  `json:"memory,omitempty"`
-	Cluster *clusterResult `json:"cluster,omitempty"`
-	Targets []target       `json:"targets"`
-	Errors  []string       `json:"errors,omitempty"`
+	Command  string          `json:"command"`
+	Started  time.Time       `json:"started"`
+	Seconds  float64         `json:"seconds"`
+	Machine  machine         `json:"machine"`
+	Scale    scale           `json:"scale"`
+	Drain    *drainResult    `json:"drain,omitempty"`
+	Writers  *writersResult  `json:"writers,omitempty"`
+	Lag      *lagResult      `json:"lag,omitempty"`
+	Memory   *memoryResult   `json:"memory,omitempty"`
+	Cluster  *clusterResult  `json:"cluster,omitempty"`
+	Patterns *patternsResult `json:"patterns,omitempty"`
+	Targets  []target        `json:"targets"`
+	Errors   []string        `json:"errors,omitempty"`
 }
 
 type machine struct {
@@ -178,6 +179,9 @@ func evaluate(r *results) []target {
 	} else {
 		notRun("peak RSS on a 1,000,000-row transaction", "< 200 MB")
 	}
+	if p := r.Patterns; p != nil && len(p.Variants) > 0 {
+		ts = append(ts, patternTargets(p)...)
+	}
 	return ts
 }
 
@@ -262,6 +266,9 @@ func printTable(out io.Writer, r *results) {
 	}
 	if c := r.Cluster; c != nil && len(c.Runs) > 0 {
 		clusterRows(c, row)
+	}
+	if p := r.Patterns; p != nil && len(p.Variants) > 0 {
+		patternRows(p, row)
 	}
 	tw.Flush()
 	fmt.Fprintln(out, "\ntargets:")
