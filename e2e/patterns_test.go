@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -162,9 +163,19 @@ func TestPatternRedisRestartMidPass(t *testing.T) {
 	}
 	before := f.checkpointLSN()
 	retries := p.count("retrying pattern pass")
+	if err := f.rdb.ConfigResetStat(f.ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
 	f.exec(`UPDATE items SET v = v + 1 WHERE id = 2`)
 	commit := f.currentLSN()
-	time.Sleep(50 * time.Millisecond) // the pass is under way
+	// Wait for the pass to be under way: SCANs have started.
+	deadline := time.Now().Add(invalidateTimeout)
+	for !regexp.MustCompile(`cmdstat_scan:calls=[1-9]`).MatchString(f.rdb.Info(f.ctx, "commandstats").Val()) {
+		if time.Now().After(deadline) {
+			t.Fatal("no SCAN within the timeout: the pass never started")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 	if err := f.rds.Stop(); err != nil {
 		t.Fatal(err)
 	}

@@ -43,8 +43,8 @@ type Options struct {
 	// blocks Redis for long.
 	KeysPerCommand int
 	// ScanCount is the COUNT hint of the SCANs of a pattern pass (default
-	// 10000: with a MATCH prefix filter, Redis walks that many slots per
-	// call, about a millisecond, and returns only the keys that can match).
+	// 1000). With a MATCH prefix filter Redis still walks that many slots
+	// per call but returns only the keys that can match.
 	ScanCount int64
 	// EventsChannel is where ApplyBatch publishes events ("" disables).
 	EventsChannel string
@@ -96,7 +96,7 @@ func New(opts Options) (*Invalidator, error) {
 		opts.KeysPerCommand = 256
 	}
 	if opts.ScanCount <= 0 {
-		opts.ScanCount = 10000
+		opts.ScanCount = 1000
 	}
 	return &Invalidator{client: client, cluster: cluster, opts: opts, log: opts.Logger}, nil
 }
