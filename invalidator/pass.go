@@ -222,7 +222,8 @@ func (iv *Invalidator) drainIndexes(ctx context.Context, token string, families 
 // all the pass's patterns, one SCAN page (one pipeline) at a time.
 func (iv *Invalidator) scanNode(ctx context.Context, node redis.UniversalClient, token string, m *matcher, st *Stats) error {
 	var cursor uint64
-	count := max(iv.opts.ScanCount, 1)
+	base := max(iv.opts.ScanCount, 1)
+	count := base
 	for {
 		var keys []string
 		var next uint64
@@ -262,7 +263,27 @@ func (iv *Invalidator) scanNode(ctx context.Context, node redis.UniversalClient,
 			return nil
 		}
 		cursor = next
+		count = nextCount(count, base, len(keys))
 	}
+}
+
+// maxCountFactor bounds how far nextCount raises COUNT above ScanCount.
+const maxCountFactor = 4
+
+// nextCount adapts SCAN's COUNT to what the MATCH filter lets through:
+// while pages come back nearly empty (a pass's patterns match few keys of
+// a large keyspace), each call walks more of it, up to 4 times
+// ScanCount, so a pass takes fewer round trips; as soon as pages fill up
+// again, it comes back down. What one call returns, and so the work per
+// call on either side, stays about ScanCount keys.
+func nextCount(count, base int64, returned int) int64 {
+	switch {
+	case int64(returned) < count/8:
+		return min(count*2, base*maxCountFactor)
+	case int64(returned) > count/2:
+		return max(count/2, base)
+	}
+	return count
 }
 
 func isCompanion(f mapping.KeyFormat, key string) bool {

@@ -242,3 +242,22 @@ func TestApplyPassRetriesFromTheStart(t *testing.T) {
 	}
 	t.Logf("failed attempts before the pass completed: %d", failures)
 }
+
+func TestNextCount(t *testing.T) {
+	for _, tt := range []struct {
+		count    int64
+		returned int
+		want     int64
+	}{
+		{1000, 0, 2000},    // empty pages: walk more per call
+		{2000, 10, 4000},   // up to 4x
+		{4000, 0, 4000},    // not beyond
+		{4000, 3000, 2000}, // full pages: back down
+		{1000, 900, 1000},  // never below ScanCount
+		{4000, 1000, 4000}, // in between: unchanged
+	} {
+		if got := nextCount(tt.count, 1000, tt.returned); got != tt.want {
+			t.Errorf("nextCount(%d, 1000, %d) = %d, want %d", tt.count, tt.returned, got, tt.want)
+		}
+	}
+}

@@ -56,6 +56,7 @@ type scale struct {
 	ClusterRuns    int           `json:"cluster_runs"` // part 5's drains per configuration
 	// Part 6.
 	PatternTxs         int           `json:"pattern_txs"`
+	PatternRuns        int           `json:"pattern_runs"`
 	PatternFiller      int           `json:"pattern_filler_keys"`
 	PatternLagRate     int           `json:"pattern_lag_rate"`
 	PatternLagDuration time.Duration `json:"pattern_lag_duration_ns"`
@@ -65,13 +66,13 @@ var scales = map[string]scale{
 	"quick": {Name: "quick", Accounts: 20000, SingleTxs: 20000, BigTxs: 5, BigTxRows: 10000, DrainRuns: 1,
 		LagRates: []int{1000, 5000, 0}, LagDuration: 8 * time.Second, LagWriters: 8,
 		WriterDuration: 8 * time.Second, WriterRuns: 1, WriterClients: 4, MemRows: 200000, MemCollapse: true, ClusterTxs: 150000, ClusterRuns: 3,
-		PatternTxs: 20000, PatternFiller: 1000000, PatternLagRate: 200, PatternLagDuration: 4 * time.Second},
+		PatternTxs: 20000, PatternRuns: 3, PatternFiller: 1000000, PatternLagRate: 200, PatternLagDuration: 4 * time.Second},
 	// The full sizes: 200k single-row transactions, 10 of 100k rows, a
 	// million-row transaction.
 	"full": {Name: "full", Accounts: 100000, SingleTxs: 200000, BigTxs: 10, BigTxRows: 100000, DrainRuns: 3,
 		LagRates: []int{1000, 5000, 0}, LagDuration: 20 * time.Second, LagWriters: 8,
 		WriterDuration: 15 * time.Second, WriterRuns: 3, WriterClients: 4, MemRows: 1000000, MemCollapse: true, ClusterTxs: 400000, ClusterRuns: 3,
-		PatternTxs: 20000, PatternFiller: 1000000, PatternLagRate: 500, PatternLagDuration: 10 * time.Second},
+		PatternTxs: 20000, PatternRuns: 5, PatternFiller: 1000000, PatternLagRate: 500, PatternLagDuration: 10 * time.Second},
 }
 
 var allPhases = []string{"drain", "writers", "lag", "memory", "cluster", "patterns"}
@@ -98,6 +99,7 @@ func run() int {
 	noCollapse := flag.Bool("no-collapse", false, "part 4: skip the on_truncate (collapsed) variant")
 	clusterTxs := flag.Int("cluster-txs", 0, "single-row transactions in part 5's backlog (0: the scale's)")
 	clusterRuns := flag.Int("cluster-runs", 0, "part 5 drains of each configuration, rotating which goes first (0: the scale's)")
+	patternRuns := flag.Int("pattern-runs", 0, "part 6 drains of each variant, rotating which goes first (0: the scale's)")
 	keep := flag.Bool("keep", false, "keep the work directory (walbust logs, configs) instead of removing it")
 	flag.Parse()
 
@@ -122,6 +124,7 @@ func run() int {
 	set(&sc.MemRows, *memRows)
 	set(&sc.ClusterTxs, *clusterTxs)
 	set(&sc.ClusterRuns, *clusterRuns)
+	set(&sc.PatternRuns, *patternRuns)
 	if *lagDuration > 0 {
 		sc.LagDuration = *lagDuration
 	}
