@@ -181,7 +181,7 @@ func runPatterns(ctx context.Context, e *env) (*patternsResult, error) {
 		for k := range patternDeps {
 			i := (k + r) % len(patternDeps)
 			pv := &res.Variants[i]
-			if err := e.patternVariant(ctx, i, slotOf(r, i), deps[i], end, touched, pv, r == runs-1); err != nil {
+			if err := e.patternVariant(ctx, r, i, slotOf(r, i), deps[i], end, touched, pv, r == runs-1); err != nil {
 				return res, fmt.Errorf("%s: %w", pv.Name, err)
 			}
 			pv.Runs = append(pv.Runs, pv.Seconds)
@@ -260,7 +260,7 @@ func (e *env) fillVariant(ctx context.Context, c *cacheaside.Client, i int, ids 
 	return int(n.Load()), err
 }
 
-func (e *env) patternVariant(ctx context.Context, i int, slot, deps string, end wal.LSN, touched []int, pv *patternVariant, lag bool) error {
+func (e *env) patternVariant(ctx context.Context, run, i int, slot, deps string, end wal.LSN, touched []int, pv *patternVariant, lag bool) error {
 	c, err := cacheaside.New(e.rdb, cacheaside.Options{TTL: time.Hour, Jitter: -1})
 	if err != nil {
 		return err
@@ -293,7 +293,7 @@ func (e *env) patternVariant(ctx context.Context, i int, slot, deps string, end 
 		return fmt.Errorf("fill through cacheaside: %w", err)
 	}
 	e.logf("part 6 %s: %d keys filled through cacheaside in %.1fs; draining %d transactions", pv.Name, pv.Filled, time.Since(t0).Seconds(), e.sc.PatternTxs)
-	w, err := e.startWalbust(ctx, fmt.Sprintf("patterns-%d", i), slot, deps)
+	w, err := e.startWalbust(ctx, fmt.Sprintf("patterns-%d-%d", run, i), slot, deps)
 	if err != nil {
 		return err
 	}
