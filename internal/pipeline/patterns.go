@@ -65,16 +65,19 @@ type patternStage struct {
 	done     chan passResult
 }
 
+// due says whether a pass should start now: none runs and batches wait.
+// It does not wait for a backlog to drain first: measured, a pass that
+// overlaps the direct keys of later batches (another core) finished the
+// drain sooner than one pass started after them.
+func (s *patternStage) due() bool { return !s.running && len(s.queued) > 0 }
+
 func (s *patternStage) busy() bool { return s.running || len(s.queued) > 0 }
 
-// push queues a, and starts a pass if none runs.
-func (p *Pipeline) pushPass(ctx context.Context, a awaitingPass) {
+// pushPass queues a for the next pass (see patternStage.due).
+func (p *Pipeline) pushPass(a awaitingPass) {
 	s := p.stage
 	s.queued = append(s.queued, a)
 	s.patterns += len(a.patterns)
-	if !s.running {
-		p.startPass(ctx)
-	}
 }
 
 func (p *Pipeline) startPass(ctx context.Context) {
@@ -118,11 +121,8 @@ func (p *Pipeline) passDone(ctx context.Context, r passResult) error {
 			zap.Int("keys_scanned", r.st.KeysScanned), zap.Int("matches", r.st.PatternMatches), zap.Int("index_hits", r.st.IndexHits),
 			zap.Int("batches", pp.Batches), zap.String("served", describePatterns(invalidator.CoalescePatterns(r.patterns), 10)))
 	}
-	if o, ok := p.opts.Observer.(PatternObserver); ok && p.opts.Observer != nil {
+	if o, ok := p.opts.Observer.(PatternObserver); ok {
 		o.PatternPass(pp)
-	}
-	if len(s.queued) > 0 {
-		p.startPass(ctx)
 	}
 	return nil
 }
@@ -130,7 +130,10 @@ func (p *Pipeline) passDone(ctx context.Context, r passResult) error {
 // finishPasses waits for the pass in flight and those still queued, at a
 // stop: what was applied is acknowledged rather than replayed.
 func (p *Pipeline) finishPasses(ctx context.Context) error {
-	for p.stage != nil && p.stage.running {
+	for p.stage != nil && (p.stage.running || len(p.stage.queued) > 0) {
+		if !p.stage.running {
+			p.startPass(ctx)
+		}
 		select {
 		case r := <-p.stage.done:
 			if err := p.passDone(ctx, r); err != nil {

@@ -200,3 +200,20 @@ func TestPassFailureAcknowledgesNothing(t *testing.T) {
 		t.Errorf("acknowledged %s, want 0/64: the pass for 0/C8 failed", got)
 	}
 }
+
+func TestPassDue(t *testing.T) {
+	queued := []awaitingPass{{end: 1}}
+	for _, tt := range []struct {
+		name string
+		s    patternStage
+		want bool
+	}{
+		{"nothing queued", patternStage{}, false},
+		{"a pass runs", patternStage{queued: queued, running: true}, false},
+		{"batches wait, none runs", patternStage{queued: queued}, true},
+	} {
+		if got := tt.s.due(); got != tt.want {
+			t.Errorf("%s: due = %t, want %t", tt.name, got, tt.want)
+		}
+	}
+}

@@ -145,7 +145,7 @@ type Pipeline struct {
 	// applied by passes that run beside the direct keys.
 	passer PassApplier
 	stage  *patternStage
-	swap     registrySwap
+	swap   registrySwap
 
 	warned map[string]bool // identity-gap warnings already given, per table/column
 }
@@ -275,6 +275,9 @@ func (p *Pipeline) applyLoop(ctx context.Context, txs <-chan *committed) error {
 		var tick <-chan time.Time
 		if p.refence != nil && len(p.refence.queue) > 0 {
 			tick = time.After(5 * time.Millisecond)
+		}
+		if p.stage != nil && p.stage.due() {
+			p.startPass(ctx)
 		}
 		var passDone <-chan passResult
 		if p.stage != nil && p.stage.running {
@@ -453,7 +456,7 @@ func (p *Pipeline) apply(ctx context.Context, batch []*committed, buf *applyBuff
 				a.commits = append(a.commits, tx.CommitTime)
 			}
 		}
-		p.pushPass(ctx, a)
+		p.pushPass(a)
 	} else {
 		p.acknowledge(end, len(batch), fences, b.Acked)
 	}
