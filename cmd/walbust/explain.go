@@ -195,12 +195,14 @@ func printPlan(w io.Writer, file, table string, op wal.Op, note string, plan *ma
 		case mapping.Fence:
 			detail = fmt.Sprintf("replace with a tombstone of the commit LSN for %s", inv.TTL)
 		}
-		if inv.Pattern {
-			detail = strings.TrimPrefix(detail+"; ", "; ") + "path " + validate.PatternPath(inv.Template)
-		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s:%d:%d\t%s\t%s\n", inv.Action, kind, inv.Key, file, inv.Template.Line, inv.Template.Column, inv.Rule.Name, detail)
 	}
 	tw.Flush()
+	for _, inv := range plan.Invalidations() {
+		if inv.Pattern {
+			fmt.Fprintf(w, "pattern %s: path %s\n", inv.Key, validate.PatternPath(inv.Template))
+		}
+	}
 	if plan.Unrendered > 0 {
 		fmt.Fprintf(w, "%d key(s) could not be rendered: a value they need was not given (or not sent by the replica identity)\n", plan.Unrendered)
 	}

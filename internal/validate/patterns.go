@@ -24,7 +24,8 @@ func PatternPaths(reg *mapping.Registry) []string {
 		}
 		for _, r := range rules {
 			for _, p := range r.Patterns {
-				out = append(out, fmt.Sprintf("%s:%d:%d: pattern %q (%s %s): %s", reg.File, p.Line, p.Column, p.Source, t.Name, r.Name, PatternPath(p)))
+				// Not in the file:line:column: form of problems: it is not one.
+				out = append(out, fmt.Sprintf("pattern %q (%s:%d:%d, %s %s): path %s", p.Source, reg.File, p.Line, p.Column, t.Name, r.Name, PatternPath(p)))
 			}
 		}
 	}

@@ -28,10 +28,10 @@ tables:
 	}
 	got := PatternPaths(reg)
 	want := []string{
-		`deps.yaml:7:13: pattern "s:{id}:*" (public.t derived[0]): scan:`,
-		`deps.yaml:8:20: pattern "f:{id}:*" (public.t derived[0]): index:`,
-		`deps.yaml:10:20: pattern "g:{id}:*" (public.t derived[0]): index+scan:`,
-		`deps.yaml:14:18: pattern "s:*" (public.t on_truncate): scan:`,
+		`pattern "s:{id}:*" (deps.yaml:7:13, public.t derived[0]): path scan:`,
+		`pattern "f:{id}:*" (deps.yaml:8:20, public.t derived[0]): path index:`,
+		`pattern "g:{id}:*" (deps.yaml:10:20, public.t derived[0]): path index+scan:`,
+		`pattern "s:*" (deps.yaml:14:18, public.t on_truncate): path scan:`,
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %d lines, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
