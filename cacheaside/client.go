@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +64,8 @@ type Client struct {
 	lease   *redis.Script
 	cas     *redis.Script
 	fence   *redis.Script
+	casIdx  *redis.Script // protocol.IndexedCASScript
+	idxAdd  *redis.Script // protocol.IndexAddScript
 	flights singleflight.Group
 	reval   sync.Map // keys being revalidated by this process
 	l1      *l1      // nil without L1
@@ -88,11 +91,13 @@ func New(rdb redis.UniversalClient, opts Options) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{
-		rdb:   rdb,
-		opts:  opts,
-		lease: redis.NewScript(protocol.LeaseScript),
-		cas:   redis.NewScript(protocol.CASScript),
-		fence: redis.NewScript(protocol.FenceScript),
+		rdb:    rdb,
+		opts:   opts,
+		lease:  redis.NewScript(protocol.LeaseScript),
+		cas:    redis.NewScript(protocol.CASScript),
+		fence:  redis.NewScript(protocol.FenceScript),
+		casIdx: redis.NewScript(protocol.IndexedCASScript),
+		idxAdd: redis.NewScript(protocol.IndexAddScript),
 	}
 	c.bg, c.stop = context.WithCancel(context.Background())
 	if opts.L1 != nil {
@@ -147,6 +152,26 @@ func (r result) answer(key string) ([]byte, error) {
 // returned as an error matching ErrNotFound. The returned slice is the
 // caller's.
 func (c *Client) Get(ctx context.Context, key string, load LoadFunc) ([]byte, error) {
+	return c.get(ctx, key, "", load)
+}
+
+// GetIndexed is Get for a key of an indexed pattern family: deps.yaml has
+// a pattern with index: true ("search:{owner_id}:*") whose family, the
+// pattern before its final '*' rendered with the row's values
+// ("search:42:"), is family, and key starts with it. A fill also adds key
+// to the family's index set (protocol.IndexKey), atomically where the two
+// share a server, so walbust invalidates the family from the set rather
+// than by scanning the keyspace. A family whose set holds
+// Options.MaxIndexMembers keys already gets no further key cached: the
+// loaded value is returned, not stored.
+func (c *Client) GetIndexed(ctx context.Context, family, key string, load LoadFunc) ([]byte, error) {
+	if !strings.HasPrefix(key, family) {
+		return nil, fmt.Errorf("cacheaside: key %q is not in the family %q (it must start with it)", key, family)
+	}
+	return c.get(ctx, key, family, load)
+}
+
+func (c *Client) get(ctx context.Context, key, family string, load LoadFunc) ([]byte, error) {
 	if c.l1 != nil {
 		if e, ok := c.l1.get(key, time.Now()); ok {
 			c.n.l1Hits.Add(1)
@@ -162,7 +187,7 @@ func (c *Client) Get(ctx context.Context, key string, load LoadFunc) ([]byte, er
 			env := content.Envelope
 			if env.Stale(time.Now()) {
 				c.n.staleServed.Add(1)
-				c.revalidate(ctx, key, raw, env, load)
+				c.revalidate(ctx, key, family, raw, env, load)
 			} else {
 				c.l1.put(mark, key, env)
 			}
@@ -179,7 +204,7 @@ func (c *Client) Get(ctx context.Context, key string, load LoadFunc) ([]byte, er
 		defer cancel()
 		stop := context.AfterFunc(c.bg, cancel) // Close ends it
 		defer stop()
-		return c.fill(fctx, key, load)
+		return c.fill(fctx, key, family, load)
 	})
 	select {
 	case <-ctx.Done():
@@ -222,6 +247,46 @@ func (c *Client) casFill(ctx context.Context, key, expected, next string, ttl ti
 		return false, fmt.Errorf("cacheaside: fill %q: %w", key, err)
 	}
 	return n == 1, nil
+}
+
+// errIndexFull: the family's index set is at its bound; the value is not
+// cached.
+var errIndexFull = errors.New("index full")
+
+// valueFill is casFill for a loaded value: with a family, the key goes
+// into the family's index too, before or with the value (never after: a
+// key cached outside its index would escape the family's invalidation).
+func (c *Client) valueFill(ctx context.Context, key, family, expected, next string, ttl time.Duration) (bool, error) {
+	if family == "" {
+		return c.casFill(ctx, key, expected, next, ttl)
+	}
+	idx := protocol.IndexKey(family)
+	bound := strconv.Itoa(c.opts.MaxIndexMembers)
+	if _, cluster := c.rdb.(*redis.ClusterClient); !cluster {
+		n, err := c.casIdx.Run(ctx, c.rdb, []string{key, idx}, expected, next, strconv.FormatInt(ttl.Milliseconds(), 10), bound).Int()
+		switch {
+		case err != nil:
+			return false, fmt.Errorf("cacheaside: fill %q: %w", key, err)
+		case n < 0:
+			return false, errIndexFull
+		}
+		return n == 1, nil
+	}
+	// Cluster: the key and its index are in different slots, so one
+	// script cannot do both. The index first: if walbust drains it before
+	// the fill, it removes our lease too, and the fill fails.
+	keep := ttl.Milliseconds()
+	if keep == 0 {
+		keep = max(c.rdb.PTTL(ctx, key).Val().Milliseconds(), 0)
+	}
+	n, err := c.idxAdd.Run(ctx, c.rdb, []string{idx}, key, strconv.FormatInt(keep, 10), bound).Int()
+	switch {
+	case err != nil:
+		return false, fmt.Errorf("cacheaside: index %q: %w", key, err)
+	case n == 0:
+		return false, errIndexFull
+	}
+	return c.casFill(ctx, key, expected, next, ttl)
 }
 
 // envelope wraps a loaded value with fresh TTLs: the soft expiry and the

@@ -19,7 +19,7 @@ const maxFillAttempts = 3
 
 // fill is the miss path, run once per key per process at a time:
 // observe (as a lease), load, compare-and-set.
-func (c *Client) fill(ctx context.Context, key string, load LoadFunc) (result, error) {
+func (c *Client) fill(ctx context.Context, key, family string, load LoadFunc) (result, error) {
 	deadline := time.Now().Add(c.opts.LeaseWait)
 	backoff := retry.Backoff{Initial: 5 * time.Millisecond, Max: 50 * time.Millisecond, Factor: 1.5, Jitter: retry.Equal}
 	waited := false
@@ -68,7 +68,7 @@ func (c *Client) fill(ctx context.Context, key string, load LoadFunc) (result, e
 			}
 			content, pttl, mine = lease, c.opts.LeaseTTL.Milliseconds(), true
 		}
-		r, fenced, err := c.loadAndFill(ctx, key, load, content, dec.Fence.LSN, time.Duration(pttl)*time.Millisecond, mine)
+		r, fenced, err := c.loadAndFill(ctx, key, family, load, content, dec.Fence.LSN, time.Duration(pttl)*time.Millisecond, mine)
 		if err != nil {
 			return result{}, err
 		}
@@ -96,7 +96,7 @@ func leaseReply(res []any) (bool, string, int64, error) {
 // loadAndFill loads and writes the value back over expected, the lease
 // observed (ours when mine). fenced reports that the key was fenced again
 // meanwhile, so the value may be older than that write.
-func (c *Client) loadAndFill(ctx context.Context, key string, load LoadFunc, expected string, lsn wal.LSN, leaseTTL time.Duration, mine bool) (result, bool, error) {
+func (c *Client) loadAndFill(ctx context.Context, key, family string, load LoadFunc, expected string, lsn wal.LSN, leaseTTL time.Duration, mine bool) (result, bool, error) {
 	start := time.Now()
 	c.n.loads.Add(1)
 	v, err := load(ctx, Observation{FenceLSN: lsn})
@@ -119,7 +119,16 @@ func (c *Client) loadAndFill(ctx context.Context, key string, load LoadFunc, exp
 		return r, false, nil
 	}
 	env, ttl := c.envelope(v, notFound)
-	ok, err := c.casFill(ctx, key, expected, env.Encode(), ttl)
+	ok, err := c.valueFill(ctx, key, family, expected, env.Encode(), ttl)
+	if errors.Is(err, errIndexFull) {
+		// Served, not cached: a key outside its index would escape
+		// walbust's invalidation of the family.
+		c.n.fillsSkipped.Add(1)
+		if mine {
+			c.release(key, expected, lsn)
+		}
+		return r, false, nil
+	}
 	if err != nil {
 		return result{}, false, err
 	}

@@ -42,6 +42,10 @@ type Options struct {
 	// FenceTTL is the TTL of tombstones written by Client.Fence (default
 	// 60s, walbust's fence_ttl default).
 	FenceTTL time.Duration
+	// MaxIndexMembers bounds the index set of an indexed pattern family
+	// (see Client.GetIndexed; default protocol.MaxIndexMembers): a further
+	// key of a full family is served but not cached.
+	MaxIndexMembers int
 	// L1, when set, keeps values in process too (see L1Options).
 	L1 *L1Options
 	// Wait configures WaitApplied (see WaitOptions).
@@ -85,6 +89,12 @@ func (o Options) withDefaults() (Options, error) {
 	def(&o.LoadTimeout, 10*time.Second)
 	def(&o.FillMargin, 250*time.Millisecond)
 	def(&o.FenceTTL, 60*time.Second)
+	if o.MaxIndexMembers == 0 {
+		o.MaxIndexMembers = protocol.MaxIndexMembers
+	}
+	if o.MaxIndexMembers < 0 {
+		return o, fmt.Errorf("cacheaside: MaxIndexMembers %d: must not be negative", o.MaxIndexMembers)
+	}
 	if o.Jitter == 0 {
 		o.Jitter = 0.1
 	}

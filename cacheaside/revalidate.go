@@ -13,7 +13,7 @@ import (
 // what it read) with a copy whose soft expiry lies LoadTimeout ahead, so
 // other readers take the copy as fresh; then it loads and sets the new
 // value over its claim. A fence replaces the claim, and the fill fails.
-func (c *Client) revalidate(ctx context.Context, key, observed string, env protocol.Envelope, load LoadFunc) {
+func (c *Client) revalidate(ctx context.Context, key, family, observed string, env protocol.Envelope, load LoadFunc) {
 	if c.closed.Load() {
 		return
 	}
@@ -42,7 +42,7 @@ func (c *Client) revalidate(ctx context.Context, key, observed string, env proto
 			return // the claim runs out and someone tries again
 		}
 		next, ttl := c.envelope(v, notFound)
-		if ok, err := c.casFill(rctx, key, claimed, next.Encode(), ttl); err == nil {
+		if ok, err := c.valueFill(rctx, key, family, claimed, next.Encode(), ttl); err == nil {
 			if ok {
 				c.n.fills.Add(1)
 			} else {

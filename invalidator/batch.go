@@ -26,6 +26,7 @@ type batch struct {
 	keys      []string                          // UNLINK arguments (standalone, sentinel)
 	bySlot    map[uint16][]string               // UNLINK arguments per slot (cluster: no CROSSSLOT)
 	moves     []move                            // cluster: stale keys whose stale copy is in another slot
+	token     string                            // written into the tombstones of this attempt
 }
 
 // move is a stale rollover that cannot be one script: the key and its

@@ -211,6 +211,47 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("one pass: scanned patterns on every master, indexed families from their sets", func(t *testing.T) {
+		flushCluster(t, ctx, rdb)
+		var matched []string
+		for i := range 200 {
+			matched = append(matched, fmt.Sprintf("s:%d:x", i%20), fmt.Sprintf("s:%d:y%d", i%20, i))
+		}
+		for _, k := range matched {
+			if err := rdb.Set(ctx, k, "v", 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rdb.Set(ctx, "s:99:x", "v", 0)
+		var invs []mapping.Invalidation
+		for i := range 20 {
+			invs = append(invs, mapping.Invalidation{Action: mapping.Delete, Key: fmt.Sprintf("s:%d:*", i), Pattern: true})
+		}
+		// An indexed family: its members are on other masters than its set.
+		var members []string
+		for i := range 50 {
+			k := "f:1:" + strconv.Itoa(i)
+			members = append(members, k)
+			rdb.Set(ctx, k, "v", 0)
+			rdb.SAdd(ctx, protocol.IndexKey("f:1:"), k)
+		}
+		invs = append(invs, mapping.Invalidation{Action: mapping.Delete, Key: "f:1:*", Pattern: true,
+			Template: &mapping.Template{Source: "f:{id}:*", Indexed: true}})
+		st, err := iv.ApplyPass(ctx, 0x500, invs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := countExisting(t, ctx, rdb, append(matched, members...)); n != 0 {
+			t.Errorf("%d matched keys left", n)
+		}
+		if rdb.Exists(ctx, "s:99:x").Val() != 1 {
+			t.Error("s:99:x removed")
+		}
+		if st.IndexHits != 50 || st.Patterns != 21 {
+			t.Errorf("stats %+v, want 50 index hits and 21 patterns", st)
+		}
+	})
+
 	t.Run("scripts reloaded on every master", func(t *testing.T) {
 		flushCluster(t, ctx, rdb)
 		if err := rdb.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {

@@ -42,7 +42,9 @@ type Options struct {
 	// KeysPerCommand bounds multi-key UNLINK commands so one command never
 	// blocks Redis for long.
 	KeysPerCommand int
-	// ScanCount is the COUNT hint of pattern SCANs.
+	// ScanCount is the COUNT hint of the SCANs of a pattern pass (default
+	// 1000). With a MATCH prefix filter Redis still walks that many slots
+	// per call but returns only the keys that can match.
 	ScanCount int64
 	// EventsChannel is where ApplyBatch publishes events ("" disables).
 	EventsChannel string
@@ -70,19 +72,18 @@ type Invalidator struct {
 	cluster *redis.ClusterClient // client, in cluster mode; nil otherwise
 	opts    Options
 	log     *zap.Logger
-	// token is written into every tombstone of one attempt. A new one per
-	// attempt: a retry or a replay re-fences with a token no reader has
-	// observed, which can only make more fills fail, never fewer.
-	token string
-	pos   positions // how Watermark and Settled are written
+	pos     positions // how Watermark and Settled are written
 }
 
 // Stats describes one applied batch.
 type Stats struct {
 	Attempts       int
-	Keys           int // direct keys acted on
-	Patterns       int // patterns scanned
-	PatternMatches int // keys found by pattern scans
+	Keys           int  // direct keys acted on
+	Patterns       int  // distinct patterns applied
+	PatternMatches int  // keys found by patterns (by SCAN or in an index)
+	KeysScanned    int  // keys SCAN returned to a pattern pass, matched in Go
+	IndexHits      int  // keys found in indexes of indexed patterns
+	Scanned        bool // a SCAN pass ran (some pattern is not index-only)
 }
 
 // New connects lazily: Redis may be down at start, and Apply retries.
@@ -243,8 +244,13 @@ func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt
 }
 
 func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidation, event []byte, mark marks, st *Stats) error {
-	iv.token = protocol.NewToken()
+	// A new token per attempt, written into every tombstone of it: a
+	// retry or a replay re-fences with a token no reader has observed,
+	// which can only make more fills fail, never fewer. Local, since a
+	// pattern pass may run concurrently (ApplyPass).
+	token := protocol.NewToken()
 	b := iv.newBatch()
+	b.token = token
 	var patterns []mapping.Invalidation
 	for _, inv := range invs {
 		if inv.Pattern {
@@ -283,13 +289,10 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 		iv.marked(mark)
 		mark = marks{}
 	}
-	for _, inv := range patterns {
-		n, err := iv.scan(ctx, inv)
-		if err != nil {
+	if len(patterns) > 0 {
+		if err := iv.passOnce(ctx, token, patterns, st); err != nil {
 			return err
 		}
-		st.Patterns++
-		st.PatternMatches += n
 	}
 	if !mark.none() {
 		if err := iv.sendMarks(ctx, mark); err != nil {
@@ -331,7 +334,7 @@ func (b *batch) queue(ctx context.Context, inv mapping.Invalidation, key string)
 		if err != nil {
 			return err
 		}
-		fenceScript.EvalSha(ctx, pipe, []string{key}, strconv.FormatUint(uint64(inv.Version), 10), b.iv.token, inv.TTL.Milliseconds())
+		fenceScript.EvalSha(ctx, pipe, []string{key}, strconv.FormatUint(uint64(inv.Version), 10), b.token, inv.TTL.Milliseconds())
 	default:
 		return b.unlink(ctx, key)
 	}
@@ -419,4 +422,7 @@ func (s *Stats) Add(o Stats) {
 	s.Keys += o.Keys
 	s.Patterns += o.Patterns
 	s.PatternMatches += o.PatternMatches
+	s.KeysScanned += o.KeysScanned
+	s.IndexHits += o.IndexHits
+	s.Scanned = s.Scanned || o.Scanned
 }

@@ -100,3 +100,7 @@ func (p *Probe) Masters(ctx context.Context) (map[string]*redis.Client, error) {
 // ScriptSHA is the SHA1 of a script walbust loads, for ACL checks of
 // EVALSHA.
 func ScriptSHA() string { return bumpScript.Hash() }
+
+// IndexDrainSHA is the SHA1 of the script that drains a pattern family's
+// index (protocol.IndexDrainScript), for the same probes.
+func IndexDrainSHA() string { return indexDrainScript.Hash() }

@@ -39,4 +39,4 @@ var fenceScript = redis.NewScript(protocol.FenceScript)
 // to ARGV[1], never lowering it.
 var raiseScript = redis.NewScript(raiseSource)
 
-var scripts = []*redis.Script{bumpScript, staleScript, fenceScript, raiseScript}
+var scripts = []*redis.Script{bumpScript, staleScript, fenceScript, raiseScript, indexDrainScript}

@@ -369,7 +369,7 @@ func buildDerived(doc *yamlnode.Doc, n *yaml.Node, path string, index int) *Rule
 		case "keys":
 			r.Keys = templates(doc, f)
 		case "patterns":
-			r.Patterns = templates(doc, f)
+			r.Patterns = patternTemplates(doc, f)
 		case "query":
 			if sql, ok := doc.String(f); ok {
 				if strings.TrimSpace(sql) == "" {
@@ -426,7 +426,12 @@ func buildDerived(doc *yamlnode.Doc, n *yaml.Node, path string, index int) *Rule
 func buildOnTruncate(doc *yamlnode.Doc, f yamlnode.Field) *Rule {
 	r := &Rule{Position: pos(f.Key), Name: "on_truncate"}
 	for _, sub := range doc.Mapping(f.Value, f.Path, "keys", "patterns") {
-		ts := templates(doc, sub)
+		var ts []*Template
+		if sub.Key.Value == "keys" {
+			ts = templates(doc, sub)
+		} else {
+			ts = patternTemplates(doc, sub)
+		}
 		for _, t := range ts {
 			if cols := t.Columns(); len(cols) > 0 {
 				doc.Errs = append(doc.Errs, &yamlnode.Error{File: doc.File, Line: t.Line, Column: t.Column, Field: sub.Path,
@@ -515,4 +520,95 @@ func (r *Rule) RowColumns() []Ref {
 // Templates returns the rule's key and pattern templates.
 func (r *Rule) Templates() []*Template {
 	return append(append([]*Template(nil), r.Keys...), r.Patterns...)
+}
+
+// patternTemplates reads a patterns list. An item is a pattern template,
+// or a mapping that says how walbust finds the keys the pattern matches:
+//
+//	patterns:
+//	  - "search:{owner_id}:*"            # SCAN (cost: the whole keyspace)
+//	  - match: "feed:{owner_id}:*"
+//	    index: true                      # the family's index set (cost: the matches)
+//	    also_scan: true                  # and SCAN too, for keys written without cacheaside
+func patternTemplates(doc *yamlnode.Doc, f yamlnode.Field) []*Template {
+	if f.Value.Kind != yaml.SequenceNode {
+		doc.Errorf(f.Value, f.Path, "must be a list of patterns (strings, or mappings with match, index, also_scan), got %s", f.Value.ShortTag())
+		return nil
+	}
+	if len(f.Value.Content) == 0 {
+		doc.Errorf(f.Value, f.Path, "empty list")
+	}
+	var out []*Template
+	for i, item := range f.Value.Content {
+		path := fmt.Sprintf("%s[%d]", f.Path, i)
+		if item.Kind == yaml.ScalarNode && item.Tag != "!!null" {
+			t, err := ParseTemplate(item.Value)
+			if err != nil {
+				doc.Errorf(item, path, "%v", err)
+				continue
+			}
+			t.Line, t.Column = item.Line, item.Column
+			out = append(out, t)
+			continue
+		}
+		if item.Kind != yaml.MappingNode {
+			doc.Errorf(item, path, "must be a pattern string or a mapping with match, index, also_scan")
+			continue
+		}
+		var t *Template
+		var index, alsoScan *yamlnode.Field
+		for _, sub := range doc.Mapping(item, path, "match", "index", "also_scan") {
+			switch sub.Key.Value {
+			case "match":
+				src, ok := doc.String(sub)
+				if !ok {
+					continue
+				}
+				tt, err := ParseTemplate(src)
+				if err != nil {
+					doc.Errorf(sub.Value, sub.Path, "%v", err)
+					continue
+				}
+				tt.Line, tt.Column = sub.Value.Line, sub.Value.Column
+				t = tt
+			case "index":
+				index = &sub
+			case "also_scan":
+				alsoScan = &sub
+			}
+		}
+		if t == nil {
+			doc.Errorf(item, path+".match", "a pattern mapping needs match: the pattern template")
+			continue
+		}
+		if index != nil {
+			t.Indexed = boolField(doc, *index)
+			if t.Indexed {
+				if err := t.checkIndexable(); err != nil {
+					doc.Errorf(index.Key, index.Path, "%v", err)
+				}
+			}
+		}
+		if alsoScan != nil {
+			t.AlsoScan = boolField(doc, *alsoScan)
+			if !t.Indexed {
+				doc.Errorf(alsoScan.Key, alsoScan.Path, "also_scan only makes sense with index: true (a pattern without an index is always scanned)")
+			}
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+func boolField(doc *yamlnode.Doc, f yamlnode.Field) bool {
+	if f.Value.Kind == yaml.ScalarNode {
+		switch f.Value.Value {
+		case "true":
+			return true
+		case "false":
+			return false
+		}
+	}
+	doc.Errorf(f.Value, f.Path, "must be true or false, got %q", f.Value.Value)
+	return false
 }

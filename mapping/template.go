@@ -17,6 +17,51 @@ type Template struct {
 	table   *Table
 	rule    *Rule
 	pattern bool
+
+	// Indexed (patterns only, deps.yaml's index: true): the keys of the
+	// pattern's family are found in the family's index set (see
+	// protocol.IndexKey), which cacheaside fills, rather than by SCAN.
+	// AlsoScan: they are scanned for as well (keys written by other means).
+	Indexed, AlsoScan bool
+}
+
+// Path says how walbust finds the keys a pattern template matches, as
+// explain and validate print it: "scan", "index" or "index+scan".
+func (t *Template) Path() string {
+	switch {
+	case t.Indexed && t.AlsoScan:
+		return "index+scan"
+	case t.Indexed:
+		return "index"
+	}
+	return "scan"
+}
+
+// checkIndexable: an indexed pattern is a family prefix and one trailing
+// '*' ("search:{owner_id}:*"), so that matching the pattern and starting
+// with the family are the same thing.
+func (t *Template) checkIndexable() error {
+	last := len(t.segments) - 1
+	for i, s := range t.segments {
+		if s.column != "" {
+			continue
+		}
+		lit := s.literal
+		if i == last {
+			if !strings.HasSuffix(lit, "*") {
+				return fmt.Errorf("an indexed pattern must end in '*' (a family prefix, then '*'), e.g. \"search:{owner_id}:*\"; %q does not", t.Source)
+			}
+			lit = lit[:len(lit)-1]
+		}
+		if strings.ContainsAny(lit, "*?[]\\") {
+			return fmt.Errorf("an indexed pattern may hold no glob character but its final '*' (its family is the text before it); %q does: "+
+				"leave index out to have it scanned", t.Source)
+		}
+	}
+	if t.segments[last].column != "" {
+		return fmt.Errorf("an indexed pattern must end in '*' (a family prefix, then '*'), e.g. \"search:{owner_id}:*\"; %q does not", t.Source)
+	}
+	return nil
 }
 
 type segment struct {

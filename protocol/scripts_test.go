@@ -10,9 +10,12 @@ import (
 // No Redis needed: the scripts' behaviour is tested in redis_test.go.
 func TestScriptFiles(t *testing.T) {
 	luatest.Check(t, map[string]string{
-		"lua/fence.lua": FenceScript,
-		"lua/lease.lua": LeaseScript,
-		"lua/cas.lua":   CASScript,
+		"lua/fence.lua":       FenceScript,
+		"lua/lease.lua":       LeaseScript,
+		"lua/cas.lua":         CASScript,
+		"lua/cas_indexed.lua": IndexedCASScript,
+		"lua/index_add.lua":   IndexAddScript,
+		"lua/index_drain.lua": IndexDrainScript,
 	})
 }
 

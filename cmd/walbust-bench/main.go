@@ -11,6 +11,9 @@
 //     against one redis-server, and by two shards side by side;
 //  6. read your writes: commit to cacheaside WaitApplied returning, idle
 //     and at 1k and 5k tx/s.
+//  7. patterns: one backlog drained with direct keys, a lookup, an
+//     unindexed and an indexed pattern, Redis holding a million other
+//     keys, and each one's live lag (-phases patterns: about a minute).
 //
 // It starts its own throwaway Postgres and redis-server (Debian binaries),
 // builds walbust, prints a table, optionally writes JSON, and removes
@@ -53,20 +56,28 @@ type scale struct {
 	MemCollapse    bool          `json:"mem_collapse"`
 	ClusterTxs     int           `json:"cluster_txs"`  // part 5's backlog
 	ClusterRuns    int           `json:"cluster_runs"` // part 5's drains per configuration
+	// Part 6.
+	PatternTxs         int           `json:"pattern_txs"`
+	PatternRuns        int           `json:"pattern_runs"`
+	PatternFiller      int           `json:"pattern_filler_keys"`
+	PatternLagRate     int           `json:"pattern_lag_rate"`
+	PatternLagDuration time.Duration `json:"pattern_lag_duration_ns"`
 }
 
 var scales = map[string]scale{
 	"quick": {Name: "quick", Accounts: 20000, SingleTxs: 20000, BigTxs: 5, BigTxRows: 10000, DrainRuns: 1,
 		LagRates: []int{1000, 5000, 0}, LagDuration: 8 * time.Second, LagWriters: 8,
-		WriterDuration: 8 * time.Second, WriterRuns: 1, WriterClients: 4, MemRows: 200000, MemCollapse: true, ClusterTxs: 150000, ClusterRuns: 3},
+		WriterDuration: 8 * time.Second, WriterRuns: 1, WriterClients: 4, MemRows: 200000, MemCollapse: true, ClusterTxs: 150000, ClusterRuns: 3,
+		PatternTxs: 20000, PatternRuns: 3, PatternFiller: 1000000, PatternLagRate: 200, PatternLagDuration: 4 * time.Second},
 	// The full sizes: 200k single-row transactions, 10 of 100k rows, a
 	// million-row transaction.
 	"full": {Name: "full", Accounts: 100000, SingleTxs: 200000, BigTxs: 10, BigTxRows: 100000, DrainRuns: 3,
 		LagRates: []int{1000, 5000, 0}, LagDuration: 20 * time.Second, LagWriters: 8,
-		WriterDuration: 15 * time.Second, WriterRuns: 3, WriterClients: 4, MemRows: 1000000, MemCollapse: true, ClusterTxs: 400000, ClusterRuns: 3},
+		WriterDuration: 15 * time.Second, WriterRuns: 3, WriterClients: 4, MemRows: 1000000, MemCollapse: true, ClusterTxs: 400000, ClusterRuns: 3,
+		PatternTxs: 20000, PatternRuns: 5, PatternFiller: 1000000, PatternLagRate: 500, PatternLagDuration: 10 * time.Second},
 }
 
-var allPhases = []string{"drain", "writers", "lag", "memory", "cluster", "ryw"}
+var allPhases = []string{"drain", "writers", "lag", "memory", "cluster", "ryw", "patterns"}
 
 func main() { os.Exit(run()) }
 
@@ -74,7 +85,7 @@ func run() int {
 	scaleName := flag.String("scale", "quick", "quick (about 3-4 minutes) or full (the design sizes)")
 	jsonPath := flag.String("json", "", "also write the results as JSON to this file")
 	binary := flag.String("walbust", "", "walbust binary to test (default: go build ./cmd/walbust into the work directory)")
-	phases := flag.String("phases", strings.Join(allPhases, ","), "parts to run: drain (1 and 4a), writers (3), lag (2), memory (4b), cluster (5), ryw (6)")
+	phases := flag.String("phases", strings.Join(allPhases, ","), "parts to run: drain (1 and 4a), writers (3), lag (2), memory (4b), cluster (5), ryw (6), patterns (7)")
 	accounts := flag.Int("accounts", 0, "rows in accounts (0: the scale's)")
 	singleTxs := flag.Int("single-txs", 0, "single-row transactions in the backlog (0: the scale's)")
 	bigTxs := flag.Int("big-txs", 0, "big transactions in the backlog (0: the scale's)")
@@ -90,6 +101,7 @@ func run() int {
 	noCollapse := flag.Bool("no-collapse", false, "part 4: skip the on_truncate (collapsed) variant")
 	clusterTxs := flag.Int("cluster-txs", 0, "single-row transactions in part 5's backlog (0: the scale's)")
 	clusterRuns := flag.Int("cluster-runs", 0, "part 5 drains of each configuration, rotating which goes first (0: the scale's)")
+	patternRuns := flag.Int("pattern-runs", 0, "part 6 drains of each variant, rotating which goes first (0: the scale's)")
 	keep := flag.Bool("keep", false, "keep the work directory (walbust logs, configs) instead of removing it")
 	flag.Parse()
 
@@ -114,6 +126,7 @@ func run() int {
 	set(&sc.MemRows, *memRows)
 	set(&sc.ClusterTxs, *clusterTxs)
 	set(&sc.ClusterRuns, *clusterRuns)
+	set(&sc.PatternRuns, *patternRuns)
 	if *lagDuration > 0 {
 		sc.LagDuration = *lagDuration
 	}
@@ -186,6 +199,7 @@ func run() int {
 		{"memory", func() (err error) { res.Memory, err = runMemory(ctx, e); return }},
 		{"cluster", func() (err error) { res.Cluster, err = runCluster(ctx, e); return }},
 		{"ryw", func() (err error) { res.RYW, err = runRYW(ctx, e); return }},
+		{"patterns", func() (err error) { res.Patterns, err = runPatterns(ctx, e); return }},
 	}
 	for _, p := range parts {
 		if !selected[p.name] {

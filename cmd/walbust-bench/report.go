@@ -15,19 +15,20 @@ import (
 )
 
 type results struct {
-	Command string         `json:"command"`
-	Started time.Time      `json:"started"`
-	Seconds float64        `json:"seconds"`
-	Machine machine        `json:"machine"`
-	Scale   scale          `json:"scale"`
-	Drain   *drainResult   `json:"drain,omitempty"`
-	Writers *writersResult `json:"writers,omitempty"`
-	Lag     *lagResult     `json:"lag,omitempty"`
-	Memory  *memoryResult  `json:"memory,omitempty"`
-	Cluster *clusterResult `json:"cluster,omitempty"`
-	RYW     *rywResult     `json:"read_your_writes,omitempty"`
-	Targets []target       `json:"targets"`
-	Errors  []string       `json:"errors,omitempty"`
+	Command  string          `json:"command"`
+	Started  time.Time       `json:"started"`
+	Seconds  float64         `json:"seconds"`
+	Machine  machine         `json:"machine"`
+	Scale    scale           `json:"scale"`
+	Drain    *drainResult    `json:"drain,omitempty"`
+	Writers  *writersResult  `json:"writers,omitempty"`
+	Lag      *lagResult      `json:"lag,omitempty"`
+	Memory   *memoryResult   `json:"memory,omitempty"`
+	Cluster  *clusterResult  `json:"cluster,omitempty"`
+	RYW      *rywResult      `json:"read_your_writes,omitempty"`
+	Patterns *patternsResult `json:"patterns,omitempty"`
+	Targets  []target        `json:"targets"`
+	Errors   []string        `json:"errors,omitempty"`
 }
 
 type machine struct {
@@ -179,6 +180,9 @@ func evaluate(r *results) []target {
 	} else {
 		notRun("peak RSS on a 1,000,000-row transaction", "< 200 MB")
 	}
+	if p := r.Patterns; p != nil && len(p.Variants) > 0 {
+		ts = append(ts, patternTargets(p)...)
+	}
 	return rywEvaluate(r, ts)
 }
 
@@ -268,6 +272,9 @@ func printTable(out io.Writer, r *results) {
 		for _, cells := range rywRows(r.RYW) {
 			row(cells...)
 		}
+	}
+	if p := r.Patterns; p != nil && len(p.Variants) > 0 {
+		patternRows(p, row)
 	}
 	tw.Flush()
 	fmt.Fprintln(out, "\ntargets:")

@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/walbust/walbust/internal/lookup"
+	"github.com/walbust/walbust/internal/validate"
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/replication"
 	"github.com/walbust/walbust/replication/wal"
@@ -201,6 +202,11 @@ func printPlan(w io.Writer, file, table string, op wal.Op, note string, plan *ma
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s:%d:%d\t%s\t%s\n", inv.Action, kind, inv.Key, file, inv.Template.Line, inv.Template.Column, inv.Rule.Name, detail)
 	}
 	tw.Flush()
+	for _, inv := range plan.Invalidations() {
+		if inv.Pattern {
+			fmt.Fprintf(w, "pattern %s: path %s\n", inv.Key, validate.PatternPath(inv.Template))
+		}
+	}
 	if plan.Unrendered > 0 {
 		fmt.Fprintf(w, "%d key(s) could not be rendered: a value they need was not given (or not sent by the replica identity):\n", plan.Unrendered)
 		tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)

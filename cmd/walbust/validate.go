@@ -59,6 +59,9 @@ with file:line:column and the statement that fixes it; exit 1 when there is any.
 		if len(problems) == 0 {
 			fmt.Fprintf(stdout, "%s%s: ok (%d tables)\n", t.shardPrefix(), t.reg.File, len(t.reg.Tables))
 		}
+		for _, line := range validate.PatternPaths(t.reg) {
+			fmt.Fprintln(stdout, t.shardPrefix()+line)
+		}
 	}
 	redisProblems := validateRedis(ctx, stdout, l)
 	if total > 0 || redisProblems > 0 {

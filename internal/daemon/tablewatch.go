@@ -258,3 +258,11 @@ func (w *tableWatcher) poll(ctx context.Context) {
 // tableCheckInterval is how often the catalog is checked for dropped
 // tables: a few cheap catalog lookups.
 const tableCheckInterval = 5 * time.Second
+
+// ApplyPass applies the patterns of batches up to lsn in one pass. Not
+// under the lock: a pass may take seconds, and the direct keys of later
+// batches must not wait for it (the invalidator is safe for concurrent
+// use; only the watermark's order matters, and the pipeline keeps it).
+func (a *serialApplier) ApplyPass(ctx context.Context, lsn wal.LSN, patterns []mapping.Invalidation) (invalidator.Stats, error) {
+	return a.inv.ApplyPass(ctx, lsn, patterns)
+}

@@ -51,6 +51,7 @@ type Metrics struct {
 	streamingConnected prometheus.Gauge
 	stalls             *prometheus.GaugeVec // cause
 	reloads            reloadMetrics
+	passes             passMetrics
 
 	version, slot string
 	state         state
@@ -103,6 +104,7 @@ func New(version, slot string) *Metrics {
 		slot:    slot,
 	}
 	m.reloads = newReloadMetrics(f)
+	m.passes = newPassMetrics(f)
 	m.unmappedChanges = f.counterVec("unmapped_changes_total",
 		"Row changes of published tables that no deps.yaml rule maps (they invalidate nothing), by table and operation.", "table", "op")
 	m.missingTables = f.gaugeVec("table_missing",

@@ -51,3 +51,21 @@ type Invalidations struct {
 	Pattern bool
 	N       int
 }
+
+// PatternPass is one pass that applied the patterns of one or more
+// batches: one walk of the keyspace (when some pattern is scanned) and the
+// index sets of indexed patterns.
+type PatternPass struct {
+	Duration    time.Duration
+	Patterns    int  // distinct patterns served
+	Batches     int  // batches it covered
+	KeysScanned int  // keys SCAN returned, matched against the patterns
+	Matches     int  // keys the patterns matched (scanned or in an index)
+	IndexHits   int  // keys found in index sets
+	Scanned     bool // a SCAN ran (not every pattern is index-only)
+	Attempts    int
+	// Commits are the commit times of the transactions whose patterns it
+	// applied: commit to Acked is their pattern lag.
+	Commits []time.Time
+	Acked   time.Time
+}

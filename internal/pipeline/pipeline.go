@@ -141,7 +141,11 @@ type Pipeline struct {
 	plans    sync.Pool
 	ckpt     *checkpointer
 	refence  *refencer // nil without replicas
-	swap     registrySwap
+	// passer and stage, when the Applier is a PassApplier: patterns are
+	// applied by passes that run beside the direct keys.
+	passer PassApplier
+	stage  *patternStage
+	swap   registrySwap
 
 	warned map[string]bool // identity-gap warnings already given, per table/column
 }
@@ -184,6 +188,9 @@ func New(opts Options) *Pipeline {
 		warned:   map[string]bool{},
 	}
 	p.mapper.MaxTxChanges = opts.MaxTxChanges
+	if pa, ok := opts.Applier.(PassApplier); ok {
+		p.passer, p.stage = pa, &patternStage{done: make(chan passResult, 1)}
+	}
 	p.mapper.BindOIDs(opts.TableOIDs)
 	if opts.Replicas != nil {
 		if opts.ReplicaWaitMax <= 0 {
@@ -269,15 +276,40 @@ func (p *Pipeline) applyLoop(ctx context.Context, txs <-chan *committed) error {
 		if p.refence != nil && len(p.refence.queue) > 0 {
 			tick = time.After(5 * time.Millisecond)
 		}
+		if p.stage != nil && p.stage.due() {
+			p.startPass(ctx)
+		}
+		var passDone <-chan passResult
+		if p.stage != nil && p.stage.running {
+			passDone = p.stage.done
+			if p.stage.patterns >= maxQueuedPatterns {
+				// Enough waits for the next pass: let it start first.
+				select {
+				case r := <-passDone:
+					if err := p.passDone(ctx, r); err != nil {
+						return err
+					}
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				continue
+			}
+		}
 		var tx *committed
 		select {
 		case next, ok := <-txs:
 			if !ok {
-				// Batches still waiting for the replicas are not
+				// The passes under way finish and acknowledge what they
+				// cover. Batches still waiting for the replicas are not
 				// acknowledged: they are replayed, fences and all.
-				return nil
+				return p.finishPasses(ctx)
 			}
 			tx = next
+		case r := <-passDone:
+			if err := p.passDone(ctx, r); err != nil {
+				return err
+			}
+			continue
 		case <-tick:
 			if err := p.refenceDue(ctx); err != nil {
 				return err
@@ -373,14 +405,29 @@ func (p *Pipeline) apply(ctx context.Context, batch []*committed, buf *applyBuff
 	for _, pr := range plan.Problems {
 		p.log.Error("invalidation incomplete", zap.String("table", pr.Table), zap.Stringer("op", pr.Op), zap.String("problem", pr.Msg), zap.Int("changes", pr.Count))
 	}
-	var fences []mapping.Invalidation
+	var fences, patterns []mapping.Invalidation
 	// An empty plan still goes through ApplyBatch once: its end must be
 	// recorded as applied before it is checkpointed.
 	for from := 0; from == 0 || from < plan.Len(); from += p.opts.ChunkInvalidations {
 		to := min(from+p.opts.ChunkInvalidations, plan.Len())
 		*invs = plan.AppendInvalidations((*invs)[:0], from, to)
+		if p.passer != nil {
+			// Patterns wait for the next pass; the direct keys go now.
+			direct := (*invs)[:0]
+			for _, inv := range *invs {
+				if inv.Pattern {
+					patterns = append(patterns, inv)
+				} else {
+					direct = append(direct, inv)
+				}
+			}
+			clear((*invs)[len(direct):])
+			*invs = direct
+		}
 		apply := p.opts.Applier.ApplyBatch
-		if to < plan.Len() {
+		if to < plan.Len() || patterns != nil || p.stage != nil && p.stage.busy() {
+			// Not the last chunk, or the batch waits for a pass, which
+			// records its end as applied once its patterns are in too.
 			apply = p.opts.Applier.ApplyChunk
 		}
 		st, err := apply(ctx, end, *invs)
@@ -400,20 +447,20 @@ func (p *Pipeline) apply(ctx context.Context, batch []*committed, buf *applyBuff
 	}
 	clear(*invs) // let the key strings go
 	b.Acked = time.Now()
-	if p.refence != nil && (fences != nil || len(p.refence.queue) > 0) {
-		p.refence.push(awaitingReplicas{end: end, txs: len(batch), fences: fences, since: b.Acked})
-	} else {
-		if p.refence != nil {
-			// Nothing to fence again and nothing waiting before it: the
-			// batch is settled now (the applier, told that replicas are
-			// watched, did not record it as settled with the batch).
-			if s, ok := p.opts.Applier.(Settler); ok {
-				if err := s.Settle(ctx, end); err != nil {
-					return fmt.Errorf("record the settled position %s: %w", end, err)
-				}
+	if patterns != nil || p.stage != nil && p.stage.busy() {
+		// Not acknowledged before its patterns, and those of every batch
+		// before it, are applied.
+		a := awaitingPass{end: end, txs: len(batch), patterns: patterns, fences: fences}
+		if patterns != nil {
+			for _, tx := range batch {
+				a.commits = append(a.commits, tx.CommitTime)
 			}
 		}
-		p.ckpt.applied(end, len(batch))
+		p.pushPass(a)
+	} else {
+		if err := p.acknowledge(ctx, end, len(batch), fences, b.Acked); err != nil {
+			return err
+		}
 	}
 	if p.opts.Observer != nil {
 		p.opts.Observer.BatchApplied(observed(&b))

@@ -7,6 +7,7 @@ import (
 
 	"github.com/walbust/walbust/invalidator"
 	"github.com/walbust/walbust/mapping"
+	"github.com/walbust/walbust/protocol"
 )
 
 // command is one command walbust sends, with sample arguments whose keys
@@ -71,6 +72,21 @@ func commands(reg *mapping.Registry, opts invalidator.Options) []command {
 		for _, r := range rules {
 			if len(r.Patterns) > 0 {
 				add("patterns ("+name+")", "scan", "0", "match", "*", "count", "1")
+			}
+			for _, p := range r.Patterns {
+				if !p.Indexed {
+					continue
+				}
+				// The family's index, drained by a script (see protocol.IndexDrainScript).
+				scripts = true
+				fam := probeValue + ":"
+				idx, drain := protocol.IndexKey(fam), protocol.DrainingKey(fam)
+				iwhy := "indexed patterns (" + name + ")"
+				add(iwhy, "evalsha", invalidator.IndexDrainSHA(), "2", idx, drain, "1")
+				for _, c := range [][]string{{"exists", idx}, {"sunionstore", drain, drain, idx}, {"del", idx}, {"pexpire", drain, "1"}, {"smembers", drain}} {
+					add(iwhy+", in its script", c...)
+				}
+				add(iwhy, "unlink", drain)
 			}
 			tmpls := append(append([]*mapping.Template(nil), r.Keys...), r.Patterns...)
 			for _, tmpl := range tmpls {
