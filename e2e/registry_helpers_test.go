@@ -100,7 +100,7 @@ func (e *env) regKeys() []string {
 	iter := e.rdb.Scan(e.ctx, 0, "*", 1000).Iterator()
 	for iter.Next(e.ctx) {
 		// walbust's own bookkeeping, not a cache key a rule could touch.
-		if iter.Val() != protocol.AppliedKey(e.name) {
+		if k := iter.Val(); k != protocol.AppliedKey(e.name) && k != protocol.SettledKey(e.name) {
 			all = append(all, iter.Val())
 		}
 	}
