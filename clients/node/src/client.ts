@@ -7,15 +7,19 @@ import {
   encodeEnvelope,
   isStale,
   lease as leaseString,
+  formatLsn,
   newToken,
   parseDecimal,
+  parseLsn,
+  pastPageHeader,
+  settledKey,
   tombstone,
   type Envelope,
   type WalbustEvent,
 } from './protocol';
 import { scripts, type Script } from './scripts';
 import { Backoff, sleep } from './backoff';
-import { subscribeLoop } from './subscribe';
+import { subscribeLoop, watchEvents } from './subscribe';
 
 /** What the reader saw in Redis before it decided to load, and the load's signal. */
 export interface LoadContext {
@@ -71,6 +75,40 @@ export class LoadError extends Error {
     super(`walbust-cache: load ${JSON.stringify(key)}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
     this.name = 'LoadError';
   }
+}
+
+/** Per-call options of waitApplied(). */
+export interface WaitAppliedOptions {
+  /** Abandons the wait: it rejects with the signal's reason. */
+  signal?: AbortSignal;
+  /** Bounds the wait: it rejects with a WaitTimeoutError after this many ms. */
+  timeoutMs?: number;
+}
+
+/** waitApplied timed out; its cause is the last Redis error, if reading the position failed. */
+export class WaitTimeoutError extends Error {
+  constructor(
+    readonly lsn: bigint,
+    cause?: unknown,
+  ) {
+    super(`walbust-cache: walbust has not applied up to ${formatLsn(lsn)} yet${cause ? ` (reading its position: ${(cause as Error).message ?? String(cause)})` : ''}`, cause ? { cause } : undefined);
+    this.name = 'TimeoutError';
+  }
+}
+
+/** walbust's settled position key holds something that is not an LSN. */
+export class BadPositionError extends Error {
+  constructor() {
+    super("walbust-cache: walbust's settled position is not an LSN");
+    this.name = 'BadPositionError';
+  }
+}
+
+const MAX_U64 = (1n << 64n) - 1n;
+
+interface Waiter {
+  want: bigint;
+  release: () => void;
 }
 
 /** A CacheClient's counters since it was created. */
@@ -150,6 +188,14 @@ export class CacheClient {
   private readonly revalidating = new Set<string>();
   private readonly background = new Set<Promise<unknown>>();
   private closed = false;
+  // waitApplied's shared state: one poller and one subscription however many wait.
+  private known = 0n; // highest settled position read
+  private readonly pending = new Set<Waiter>();
+  private polling = false;
+  private subbed = false;
+  private kicked = false;
+  private wake: (() => void) | null = null;
+  private lastErr: unknown = null; // the last read's error
 
   constructor(redis: Redis | Cluster, options: CacheOptions = {}) {
     if (!redis || typeof (redis as unknown as { evalshaBuffer?: unknown }).evalshaBuffer !== 'function') {
@@ -248,6 +294,127 @@ export class CacheClient {
       }
     }
     this.l1?.apply({ lsn: 0n, keys, patterns: [], flush: false });
+  }
+
+  /**
+   * Resolves once walbust has applied every change up to lsn to Redis: its
+   * settled position (settledKey(slot)) is at lsn or past it. Then a read
+   * through the cache sees every write committed at or before lsn. Take lsn
+   * (a bigint, or pg_lsn's X/Y text) after COMMIT, from the same session:
+   *
+   *     SELECT pg_current_wal_insert_lsn()
+   *
+   * With `replicas:` configured in walbust, the settled position moves only
+   * after the keys were fenced again once every replica replayed the
+   * change, so a fill from a replica cannot cache an older row either.
+   *
+   * Rejects with signal's reason when it aborts, with a WaitTimeoutError
+   * after timeoutMs (its cause the last Redis error, if reading the position
+   * failed), and with a BadPositionError instead when the key holds no LSN.
+   * Waiters share one subscription to walbust's events and one poll of the
+   * key (1 ms doubling to `wait.maxPoll`), so a lost event, a write no rule
+   * maps or no events channel still end the wait. The L1, if any, lags
+   * Redis by the events' delivery.
+   */
+  async waitApplied(lsn: bigint | string, opts: WaitAppliedOptions = {}): Promise<void> {
+    const w = this.options.wait;
+    const want = pastPageHeader(lsnArg(lsn), BigInt(w.walBlockSize), BigInt(w.walSegmentSize));
+    if (want <= this.known) return;
+    if (this.closed) throw new Error('walbust-cache: client closed');
+    const signals = [this.bg.signal];
+    if (opts.signal) signals.push(opts.signal);
+    const timeout = opts.timeoutMs !== undefined ? AbortSignal.timeout(Math.max(0, opts.timeoutMs)) : null;
+    if (timeout) signals.push(timeout);
+    const signal = AbortSignal.any(signals);
+    await new Promise<void>((resolve, reject) => {
+      const waiter: Waiter = {
+        want,
+        release: () => {
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        },
+      };
+      const onAbort = () => {
+        this.pending.delete(waiter);
+        if (this.bg.signal.aborted) return reject(new Error('walbust-cache: client closed'));
+        if (this.lastErr instanceof BadPositionError) return reject(this.lastErr);
+        if (opts.signal?.aborted) return reject(opts.signal.reason);
+        reject(new WaitTimeoutError(want, this.lastErr ?? undefined));
+      };
+      if (signal.aborted) return onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.pending.add(waiter);
+      if (!this.polling) {
+        this.polling = true;
+        this.track(this.pollPosition().finally(() => (this.polling = false)));
+      }
+      if (!this.subbed && w.channel !== '-') {
+        this.subbed = true;
+        this.track(
+          watchEvents(this, (lsn) => {
+            if (lsn === null || lsn > this.known) this.kick();
+          }),
+        );
+      }
+      this.kick();
+    });
+  }
+
+  /** walbust's settled position now; null when walbust never wrote it. Rejects with BadPositionError when the key holds no LSN. */
+  async applied(): Promise<bigint | null> {
+    const raw = await this.redis.getBuffer(settledKey(this.options.wait.slot));
+    if (raw === null) return null;
+    try {
+      return parseLsn(raw.toString('latin1'));
+    } catch {
+      throw new BadPositionError();
+    }
+  }
+
+  private kick(): void {
+    this.kicked = true;
+    this.wake?.();
+  }
+
+  /** Reads the position while anyone waits, at once when woken (a new waiter, an event), else with backoff. */
+  private async pollPosition(): Promise<void> {
+    let interval = 1;
+    const signal = this.bg.signal;
+    for (;;) {
+      let lsn: bigint | null = null;
+      try {
+        lsn = await this.applied();
+        this.lastErr = null;
+      } catch (err) {
+        this.lastErr = err;
+      }
+      if (lsn !== null && lsn > this.known) {
+        this.known = lsn;
+        interval = 1;
+      }
+      for (const waiter of this.pending) {
+        if (waiter.want <= this.known) {
+          this.pending.delete(waiter);
+          waiter.release();
+        }
+      }
+      if (this.pending.size === 0 || signal.aborted) return;
+      if (!this.kicked) {
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            clearTimeout(t);
+            signal.removeEventListener('abort', done);
+            this.wake = null;
+            resolve();
+          };
+          const t = setTimeout(done, interval);
+          this.wake = done;
+          signal.addEventListener('abort', done, { once: true });
+        });
+      }
+      if (this.kicked) this.kicked = false;
+      else interval = Math.min(2 * interval, this.options.wait.maxPoll);
+    }
   }
 
   /** @internal Applies an event to the L1 (the subscription calls it). */
@@ -490,6 +657,14 @@ export class CacheClient {
     this.background.add(p);
     p.finally(() => this.background.delete(p)).catch(() => {});
   }
+}
+
+/** waitApplied's lsn: a bigint, or pg_lsn's X/Y text. */
+function lsnArg(lsn: bigint | string): bigint {
+  if (typeof lsn === 'string') return parseLsn(lsn.trim());
+  if (typeof lsn !== 'bigint') throw new TypeError(`walbust-cache: lsn must be a bigint or pg_lsn text, not ${typeof lsn}`);
+  if (lsn < 0n || lsn > MAX_U64) throw new RangeError(`walbust-cache: lsn ${lsn} is not an unsigned 64-bit integer`);
+  return lsn;
 }
 
 function loadContext(signal: AbortSignal, fenceLsn: bigint, revalidation: boolean, version: bigint | null): LoadContext {

@@ -1,11 +1,12 @@
-export { CacheClient, LoadError, NotFoundError, MAX_FILL_ATTEMPTS } from './client';
-export type { GetOptions, LoadContext, Loader, Stats } from './client';
-export type { CacheOptions, L1Options, ResolvedOptions } from './options';
+export { BadPositionError, CacheClient, LoadError, NotFoundError, WaitTimeoutError, MAX_FILL_ATTEMPTS } from './client';
+export type { GetOptions, LoadContext, Loader, Stats, WaitAppliedOptions } from './client';
+export type { CacheOptions, L1Options, ResolvedOptions, WaitOptions } from './options';
 export { resolveOptions, jitter } from './options';
 export { LUA_DIR, Script, scripts } from './scripts';
 export * as protocol from './protocol';
 export {
   DEFAULT_EVENTS_CHANNEL,
+  appliedKey,
   decode,
   encodeEnvelope,
   isStale,
@@ -15,7 +16,10 @@ export {
   parseEvent,
   parseLease,
   parseLsn,
+  formatLsn,
   parseTombstone,
+  pastPageHeader,
+  settledKey,
   tombstone,
   match,
 } from './protocol';

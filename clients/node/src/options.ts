@@ -32,6 +32,30 @@ export interface CacheOptions {
   versionedKey?: string;
   /** An in-process cache fed by walbust's events channel; `true` for the defaults. */
   l1?: L1Options | boolean;
+  /** waitApplied's slot, channel and poll (see WaitOptions). */
+  wait?: WaitOptions;
+}
+
+/** Configure waitApplied (the twin of Go's cacheaside.WaitOptions). */
+export interface WaitOptions {
+  /** walbust's replication slot (postgres.slot; default "walbust"): the position waited for is settledKey(slot). */
+  slot?: string;
+  /**
+   * walbust's events channel (default: the L1's channel, else
+   * "walbust:events"); each event wakes the waiters at once. "-": do not
+   * subscribe, only poll.
+   */
+  channel?: string;
+  /**
+   * Caps the interval between two reads of the position while someone
+   * waits (default 100 ms). Polls start at 1 ms and double: they end a wait
+   * no event announces (a write to a table walbust does not map, an idle
+   * position, a lost event).
+   */
+  maxPoll?: number;
+  /** The server's wal_block_size (default 8192) and wal_segment_size (default 16 MiB), for pastPageHeader. */
+  walBlockSize?: number;
+  walSegmentSize?: number;
 }
 
 /**
@@ -65,6 +89,7 @@ export interface ResolvedOptions {
   versionKey: string;
   versionedKey: string;
   l1: Required<L1Options> | null;
+  wait: Required<WaitOptions>;
 }
 
 const def = (v: number | undefined, d: number) => (v === undefined || v === 0 ? d : v);
@@ -93,6 +118,7 @@ export function resolveOptions(o: CacheOptions = {}): ResolvedOptions {
     versionKey: keyFormat('versionKey', o.versionKey, '{key}:version'),
     versionedKey: keyFormat('versionedKey', o.versionedKey, '{key}:v{version}', ['{version}']),
     l1: null,
+    wait: { slot: '', channel: '', maxPoll: 0, walBlockSize: 0, walSegmentSize: 0 },
   };
   const all = [r.ttl, r.jitter, r.staleWhileRevalidate, r.negativeTtl, r.leaseTtl, r.leaseWait, r.loadTimeout, r.fillMargin, r.fenceTtl];
   if (!all.every(Number.isFinite)) throw new TypeError('walbust-cache: options must be finite numbers');
@@ -115,6 +141,17 @@ export function resolveOptions(o: CacheOptions = {}): ResolvedOptions {
       throw new RangeError('walbust-cache: l1 ttl, maxEntries and pingInterval must not be negative');
     }
     r.l1 = l1;
+  }
+  const w = o.wait ?? {};
+  r.wait = {
+    slot: w.slot || 'walbust',
+    channel: w.channel || (r.l1 ? r.l1.channel : DEFAULT_EVENTS_CHANNEL),
+    maxPoll: def(w.maxPoll, 100),
+    walBlockSize: def(w.walBlockSize, 8192),
+    walSegmentSize: def(w.walSegmentSize, 16 << 20),
+  };
+  if (!(r.wait.maxPoll > 0) || !Number.isInteger(r.wait.walBlockSize) || !Number.isInteger(r.wait.walSegmentSize) || r.wait.walBlockSize < 0 || r.wait.walSegmentSize < 0) {
+    throw new RangeError('walbust-cache: wait maxPoll must be positive, walBlockSize and walSegmentSize non-negative integers');
   }
   return r;
 }

@@ -58,6 +58,41 @@ export function formatLsn(lsn: bigint): string {
   return `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
 }
 
+/**
+ * The key where walbust records how far it has applied slot's changes (an
+ * LSN in X/Y form).
+ */
+export function appliedKey(slot: string): string {
+  return 'walbust:applied:{' + slot + '}';
+}
+
+/**
+ * The key of walbust's settled position for slot (X/Y form): every change
+ * up to it is in Redis and, when walbust watches read replicas, was fenced
+ * again after they replayed it. Same form and same monotonic write as
+ * appliedKey; the position read-your-writes waits for (waitApplied).
+ */
+export function settledKey(slot: string): string {
+  return 'walbust:settled:{' + slot + '}';
+}
+
+/**
+ * Maps an LSN just past a WAL page header to the page's start.
+ * pg_current_wal_insert_lsn() points past the header of the next page when
+ * the last record ended exactly at a page boundary, while that record's end
+ * (what walbust records) is the boundary itself: no change can end inside a
+ * header, so both mean the same, and without this a wait would last until
+ * the next WAL is written. block and segment are the server's
+ * wal_block_size and wal_segment_size (Go: cacheaside's pastPageHeader).
+ */
+export function pastPageHeader(lsn: bigint, block: bigint, segment: bigint): bigint {
+  const short = 24n; // SizeOfXLogShortPHD
+  const long = 40n; // SizeOfXLogLongPHD
+  if (segment > 0n && lsn % segment === long) return lsn - long;
+  if (block > 0n && lsn % block === short && (segment === 0n || lsn % segment !== short)) return lsn - short;
+  return lsn;
+}
+
 /** A parsed tombstone or lease. */
 export interface Fence {
   /** Commit LSN (start of the commit record) of the newest fence; 0n when unknown. */

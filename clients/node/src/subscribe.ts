@@ -115,3 +115,41 @@ function listen(c: CacheClient, conn: Redis): Promise<boolean> {
     );
   });
 }
+
+/**
+ * waitApplied's subscription: wakes the poller on every event past the
+ * known position (or unreadable), until the client closes; it resubscribes
+ * after a failure. Events only speed a wait up: the poll ends it anyway.
+ */
+export async function watchEvents(c: CacheClient, onEvent: (lsn: bigint | null) => void): Promise<void> {
+  const backoff = new Backoff(100, 5_000);
+  const signal = c.bg.signal;
+  const channel = c.options.wait.channel;
+  while (!signal.aborted) {
+    const conn = subscriber(c.redis);
+    if (conn) {
+      await new Promise<void>((resolve) => {
+        const finish = () => {
+          signal.removeEventListener('abort', finish);
+          resolve();
+        };
+        conn.on('messageBuffer', (ch: Buffer, message: Buffer) => {
+          if (ch.toString('utf8') !== channel) return;
+          backoff.reset();
+          let lsn: bigint | null = null;
+          try {
+            lsn = parseEvent(message).lsn;
+          } catch {}
+          onEvent(lsn);
+        });
+        conn.on('error', () => {}); // 'close' follows
+        conn.on('close', finish);
+        conn.on('end', finish);
+        signal.addEventListener('abort', finish, { once: true });
+        conn.subscribe(channel).catch(finish);
+      });
+      conn.disconnect();
+    }
+    await sleep(backoff.next(), signal).catch(() => {});
+  }
+}

@@ -240,3 +240,23 @@ test('jitter', () => {
   assert.equal(jitter(3_600_000, -1), 3_600_000);
   assert.equal(jitter(0, 0.5), 1);
 });
+
+test('applied and settled keys', () => {
+  assert.equal(protocol.appliedKey('walbust'), 'walbust:applied:{walbust}');
+  assert.equal(protocol.settledKey('walbust'), 'walbust:settled:{walbust}');
+});
+
+// The vectors of Go's TestPastPageHeader (cacheaside/wait_test.go).
+test('pastPageHeader maps an LSN just past a WAL page header to the boundary', () => {
+  const blk = 8192n;
+  const seg = 16n << 20n;
+  for (const [lsn, want] of [
+    [0x1_0000_2018n, 0x1_0000_2000n], // past a short header
+    [0x1_0100_0028n, 0x1_0100_0000n], // past a segment's long header
+    [0x1_0100_0018n, 0x1_0100_0018n], // 24 bytes into a segment's first page: a real position
+    [0x1_0000_2020n, 0x1_0000_2020n],
+    [0x1_0000_2000n, 0x1_0000_2000n],
+  ]) {
+    assert.equal(protocol.pastPageHeader(lsn, blk, seg), want, protocol.formatLsn(lsn));
+  }
+});

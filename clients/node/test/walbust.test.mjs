@@ -120,3 +120,27 @@ test(`walbust invalidates what the client cached, in Redis and in the L1 (${MODE
     await sql(`DELETE FROM products WHERE id = ${ID}`).catch(() => {});
   }
 });
+
+test(`read your writes: waitApplied(pg_current_wal_insert_lsn()) after an UPDATE, then a read sees it (${MODE} Redis)`, { skip: !HAVE && 'WALBUST_SANDBOX_POSTGRES_URL and WALBUST_SANDBOX_REDIS_URL (or _REDIS_CLUSTER) not set (run under cmd/walbust-sandbox)' }, async (t) => {
+  if ((await sql(`SELECT to_regclass('products') IS NOT NULL`)) !== 't') return t.skip('the sandbox has no products table');
+  const id = ID + 2000;
+  const key = `product:${id}`;
+  const c = new CacheClient(connect(), { wait: { slot: process.env.WALBUST_SANDBOX_SLOT || 'walbust_sandbox', channel: CHANNEL } });
+  const load = async () => (await sql(`SELECT price_cents FROM products WHERE id = ${id}`)) || null;
+  const write = async (q) => {
+    await sql(q);
+    await c.waitApplied(await sql('SELECT pg_current_wal_insert_lsn()'), { timeoutMs: 15_000 });
+  };
+  try {
+    await write(`INSERT INTO products (id, category_id, name, price_cents) VALUES (${id}, NULL, 'walbust-node-ryw', 100)`);
+    assert.equal((await c.get(key, load)).toString(), '100');
+    for (const price of [200, 300]) {
+      await write(`UPDATE products SET price_cents = ${price} WHERE id = ${id}`);
+      assert.equal((await c.get(key, load)).toString(), String(price));
+    }
+  } finally {
+    await c.close();
+    c.redis.disconnect();
+    await sql(`DELETE FROM products WHERE id = ${id}`).catch(() => {});
+  }
+});

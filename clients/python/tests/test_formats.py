@@ -152,6 +152,38 @@ def test_pg_lsn():
         with pytest.raises(ProtocolError):
             p.parse_pg_lsn(bad)
     assert p.applied_key("walbust") == "walbust:applied:{walbust}"
+    assert p.settled_key("walbust") == "walbust:settled:{walbust}"
+
+
+# The vectors of Go's TestPastPageHeader (cacheaside/wait_test.go).
+@pytest.mark.parametrize("lsn,want", [
+    (0x1_0000_2018, 0x1_0000_2000),  # past a short header
+    (0x1_0100_0028, 0x1_0100_0000),  # past a segment's long header
+    (0x1_0100_0018, 0x1_0100_0018),  # 24 bytes into a segment's first page: a real position
+    (0x1_0000_2020, 0x1_0000_2020),
+    (0x1_0000_2000, 0x1_0000_2000),
+])
+def test_past_page_header(lsn, want):
+    from walbust_cache import _common
+
+    assert _common.past_page_header(lsn, 8192, 16 << 20) == want
+
+
+def test_wait_lsn_argument():
+    from walbust_cache import _common
+
+    assert _common.lsn_arg(0x16B374D848) == 0x16B374D848
+    assert _common.lsn_arg("16/B374D848") == 0x16B374D848
+    assert _common.lsn_arg(" 16/b374d848\n") == 0x16B374D848  # as psql prints it
+    assert _common.lsn_arg(b"0/A") == 10
+    with pytest.raises(ProtocolError):
+        _common.lsn_arg("16B374D848")
+    for bad in [-1, 1 << 64]:
+        with pytest.raises(ValueError):
+            _common.lsn_arg(bad)
+    for bad in [True, 1.5, None]:
+        with pytest.raises(TypeError):
+            _common.lsn_arg(bad)
 
 
 # --- events ------------------------------------------------------------------

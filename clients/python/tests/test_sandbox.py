@@ -17,7 +17,7 @@ import time
 import pytest
 import redis
 
-from walbust_cache import Client, Kind, L1Options
+from walbust_cache import Client, Kind, L1Options, WaitOptions
 from walbust_cache import protocol as p
 
 from conftest import eventually, sandbox_redis
@@ -74,3 +74,33 @@ def test_walbust_invalidates_what_python_cached(sandbox):
         assert c.get(key, load) == b"200"
     psql(url, f"DELETE FROM products WHERE id = {pid}")
     r.close()
+
+
+def test_read_your_writes(sandbox):
+    """After an UPDATE, wait_applied(pg_current_wal_insert_lsn()) and a read
+    through the client sees the new value (no waiting for the key to go)."""
+    url = sandbox.get("WALBUST_SANDBOX_POSTGRES_URL")
+    if not url:
+        pytest.skip("the sandbox gave no WALBUST_SANDBOX_POSTGRES_URL")
+    channel = sandbox.get("WALBUST_SANDBOX_EVENTS_CHANNEL", p.DEFAULT_EVENTS_CHANNEL)
+    slot = sandbox.get("WALBUST_SANDBOX_SLOT", "walbust_sandbox")
+    r = sandbox_redis(sandbox)
+    pid = 800000 + int(time.time() * 1000) % 90000
+    key = sandbox.get("WALBUST_SANDBOX_PRODUCT_KEY", "product:{id}").replace("{id}", str(pid))
+    psql(url, "INSERT INTO categories (id, name) VALUES (900001, 'py') ON CONFLICT DO NOTHING")
+    psql(url, f"INSERT INTO products (id, category_id, name, price_cents) VALUES ({pid}, 900001, 'py', 100)")
+
+    def load(obs):
+        return psql(url, f"SELECT price_cents FROM products WHERE id = {pid}").encode()
+
+    try:
+        with Client(r, wait=WaitOptions(slot=slot, channel=channel)) as c:
+            c.wait_applied(psql(url, "SELECT pg_current_wal_insert_lsn()"), timeout=15)
+            assert c.get(key, load) == b"100"
+            for price in (200, 300):
+                psql(url, f"UPDATE products SET price_cents = {price} WHERE id = {pid}")
+                c.wait_applied(psql(url, "SELECT pg_current_wal_insert_lsn()"), timeout=15)
+                assert c.get(key, load) == str(price).encode()
+    finally:
+        psql(url, f"DELETE FROM products WHERE id = {pid}")
+        r.close()

@@ -9,7 +9,7 @@ docs/caching.md) with the same Lua scripts as the Go client ``cacheaside``.
 
 from .aio import AsyncClient, AsyncLoader
 from .client import Client, Loader
-from .options import KeyFormat, L1Options, NotFound, Observation, Options, Stats
+from .options import BadPosition, KeyFormat, L1Options, NotFound, Observation, Options, Stats, WaitOptions
 from .protocol import DEFAULT_EVENTS_CHANNEL, Content, Envelope, Event, Fence, Kind, ProtocolError
 
 __version__ = "0.1.0"
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncClient",
     "AsyncLoader",
+    "BadPosition",
     "Client",
     "Content",
     "DEFAULT_EVENTS_CHANNEL",
@@ -32,4 +33,5 @@ __all__ = [
     "Options",
     "ProtocolError",
     "Stats",
+    "WaitOptions",
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any, Optional, Tuple
 
-from .options import KeyFormat, NotFound, Options, Result, jitter
-from .protocol import Envelope, ProtocolError, new_token, now_ms
+from .options import BadPosition, KeyFormat, NotFound, Options, Result, jitter
+from .protocol import Envelope, Event, ProtocolError, format_pg_lsn, new_token, now_ms, parse_pg_lsn
 
 # How often one fill starts over because a fence landed while it loaded:
 # the value it loaded may predate that write.
@@ -91,3 +91,67 @@ class Backoff:
 
     def reset(self) -> None:
         self._cur = self.initial
+
+
+# --- read-your-writes (wait_applied) --------------------------------------------
+
+MAX_LSN = (1 << 64) - 1
+
+
+def lsn_arg(lsn: Any) -> int:
+    """wait_applied's lsn: an int, or pg_lsn's ``X/Y`` text (str or bytes)."""
+    if isinstance(lsn, bool):
+        raise TypeError("walbust_cache: lsn must be an int or pg_lsn text, not bool")
+    if isinstance(lsn, int):
+        if not 0 <= lsn <= MAX_LSN:
+            raise ValueError(f"walbust_cache: lsn {lsn} is not an unsigned 64-bit integer")
+        return lsn
+    if isinstance(lsn, (bytes, bytearray)):
+        lsn = bytes(lsn).decode("ascii", "replace")
+    if isinstance(lsn, str):
+        return parse_pg_lsn(lsn.strip())
+    raise TypeError(f"walbust_cache: lsn must be an int or pg_lsn text, not {type(lsn).__name__}")
+
+
+def past_page_header(lsn: int, block: int, segment: int) -> int:
+    """Map an LSN just past a WAL page header to the page's start.
+
+    ``pg_current_wal_insert_lsn()`` points past the header of the next page
+    when the last record ended exactly at a page boundary, while that
+    record's end (what walbust records) is the boundary itself: no change
+    can end inside a header, so both mean the same, and without this a wait
+    would last until the next WAL is written. (Go: cacheaside's
+    pastPageHeader.)"""
+    short, long = 24, 40  # SizeOfXLogShortPHD, SizeOfXLogLongPHD
+    if segment > 0 and lsn % segment == long:
+        return lsn - long
+    if block > 0 and lsn % block == short and (segment == 0 or lsn % segment != short):
+        return lsn - short
+    return lsn
+
+
+def parse_settled(raw: Optional[bytes]) -> Optional[int]:
+    """The settled position read from Redis (None: walbust never wrote it)."""
+    if raw is None:
+        return None
+    try:
+        return parse_pg_lsn(raw.decode("ascii"))
+    except (UnicodeDecodeError, ProtocolError):
+        raise BadPosition("walbust_cache: walbust's settled position is not an LSN") from None
+
+
+def event_lsn(data: Any) -> Optional[int]:
+    """An event's LSN, None when the event is unreadable."""
+    try:
+        return Event.unmarshal(data or b"").lsn
+    except ProtocolError:
+        return None
+
+
+def raise_wait_timeout(lsn: int, err: Optional[BaseException]) -> None:
+    """What a wait that timed out raises: BadPosition when the key held no
+    LSN, else TimeoutError (chained to the last Redis error, if any)."""
+    if isinstance(err, BadPosition):
+        raise err
+    raise TimeoutError(f"walbust_cache: walbust has not applied up to {format_pg_lsn(lsn)} yet"
+                       + (f" (reading its position: {err})" if err is not None else "")) from err

@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable, Dict, Optional, Set, Union
 from . import _common as c
 from .l1 import L1
 from .options import Counters, NotFound, Observation, Options, Result, Stats
-from .protocol import Envelope, Event, Kind, ProtocolError, decode, lease, new_token, tombstone
+from .protocol import Envelope, Event, Kind, ProtocolError, decode, lease, new_token, settled_key, tombstone
 from .scripts import CAS, FENCE, LEASE, lease_reply
 
 __all__ = ["AsyncClient", "AsyncLoader"]
@@ -44,6 +44,14 @@ class AsyncClient:
         self._closing: Optional[asyncio.Event] = None
         if self.options.l1 is not None:
             self.l1 = L1(self.options.l1.max_entries, self.options.l1.ttl)
+        # wait_applied's shared state: one poller task and one subscription
+        # task however many wait.
+        self._wknown = 0  # highest settled position read
+        self._wpending: Dict["asyncio.Future[None]", int] = {}
+        self._wpoll: Optional["asyncio.Task[None]"] = None
+        self._wsub: Optional["asyncio.Task[None]"] = None
+        self._wwake: Optional[asyncio.Event] = None
+        self._werr: Optional[BaseException] = None  # the last read's error
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -66,7 +74,10 @@ class AsyncClient:
         self._closed = True
         if self._closing is not None:
             self._closing.set()
-        tasks = [t for t in [self._sub_task, *self._reval.values()] if t is not None]
+        for fut in list(self._wpending):
+            if not fut.done():
+                fut.set_exception(RuntimeError("walbust_cache: client closed"))
+        tasks = [t for t in [self._sub_task, self._wpoll, self._wsub, *self._reval.values()] if t is not None]
         for t in tasks:
             t.cancel()
         if tasks:
@@ -289,13 +300,121 @@ class AsyncClient:
         if self.l1 is not None:
             self.l1.apply(Event(keys=list(keys)))
 
+    # --- read your writes ----------------------------------------------------
+
+    async def wait_applied(self, lsn: Union[int, str], timeout: Optional[float] = None) -> None:
+        """Return once walbust has applied every change up to ``lsn`` (an
+        int, or pg_lsn's ``X/Y`` text) to Redis: see
+        :meth:`walbust_cache.Client.wait_applied`. Raises TimeoutError after
+        ``timeout`` seconds (None: no bound; cancelling the call works too),
+        :class:`BadPosition` instead when the key holds no LSN. Waiters
+        share one subscription task and one poll task."""
+        w = self.options.wait
+        want = c.past_page_header(c.lsn_arg(lsn), w.wal_block_size, w.wal_segment_size)
+        if want <= self._wknown:
+            return
+        if self._closed:
+            raise RuntimeError("walbust_cache: client closed")
+        fut: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+        self._wpending[fut] = want
+        if self._wwake is None:
+            self._wwake = asyncio.Event()
+        if self._wpoll is None:
+            self._wpoll = asyncio.ensure_future(self._poll_position())
+        if self._wsub is None and self.options.wait_channel != "-":
+            self._wsub = asyncio.ensure_future(self._watch_events())
+        self._wwake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                return  # released meanwhile
+            c.raise_wait_timeout(want, self._werr)
+        finally:
+            self._wpending.pop(fut, None)
+            if not fut.done():
+                fut.cancel()
+
+    async def applied(self) -> Optional[int]:
+        """walbust's settled position now (None when walbust never wrote
+        it); :class:`BadPosition` when the key holds no LSN."""
+        return c.parse_settled(await self.redis.get(settled_key(self.options.wait.slot)))
+
+    def _kick(self) -> None:
+        if self._wwake is not None:
+            self._wwake.set()
+
+    async def _poll_position(self) -> None:
+        """Read the position while anyone waits, at once when woken (a new
+        waiter, an event), else with backoff; end when nobody waits."""
+        assert self._wwake is not None
+        interval = 0.001
+        try:
+            while True:
+                lsn: Optional[int] = None
+                err: Optional[BaseException] = None
+                try:
+                    lsn = await asyncio.wait_for(self.applied(), 1.0)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    err = e
+                self._werr = err
+                if lsn is not None and lsn > self._wknown:
+                    self._wknown = lsn
+                    interval = 0.001
+                for fut, want in list(self._wpending.items()):
+                    if want <= self._wknown:
+                        if not fut.done():
+                            fut.set_result(None)
+                        del self._wpending[fut]
+                if not self._wpending or self._closed:
+                    return
+                try:
+                    await asyncio.wait_for(self._wwake.wait(), interval)
+                except asyncio.TimeoutError:
+                    interval = min(2 * interval, self.options.wait.max_poll)
+                self._wwake.clear()
+        finally:
+            self._wpoll = None
+
+    async def _watch_events(self) -> None:
+        """Wake the poller on every event past the known position, until
+        aclose (resubscribing after a failure)."""
+        backoff = c.Backoff(0.1, 5.0)
+        channel = self.options.wait_channel
+        while not self._closed:
+            ps = owner = None
+            try:
+                ps, owner = await self._new_pubsub()
+                await ps.subscribe(channel)
+                while not self._closed:
+                    msg = await ps.get_message(timeout=1.0)
+                    if msg is None:
+                        continue
+                    backoff.reset()
+                    kind = msg.get("type")
+                    if isinstance(kind, bytes):
+                        kind = kind.decode()
+                    if kind != "message":
+                        continue
+                    ev = c.event_lsn(msg.get("data"))
+                    if ev is None or ev > self._wknown:
+                        self._kick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                pass
+            finally:
+                await self._close_quietly(ps, owner)
+            await asyncio.sleep(backoff.next())
+
     # --- the L1's subscription ----------------------------------------------
 
     async def _new_pubsub(self) -> "tuple[Any, Any]":
         """A PubSub, and a client to close with it (None: not ours)."""
         l1o = self.options.l1
-        assert l1o is not None
-        src = l1o.pubsub_client if l1o.pubsub_client is not None else self.redis
+        src = l1o.pubsub_client if l1o is not None and l1o.pubsub_client is not None else self.redis
         if hasattr(src, "pubsub"):
             return src.pubsub(), None
         # redis.asyncio.RedisCluster (4.x) has no pub/sub: PUBLISH reaches

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Optional, Set, Union
 from . import _common as c
 from .l1 import L1
 from .options import Counters, NotFound, Observation, Options, Result, Stats
-from .protocol import Envelope, Event, Kind, ProtocolError, decode, lease, new_token, tombstone
+from .protocol import Envelope, Event, Kind, ProtocolError, decode, lease, new_token, settled_key, tombstone
 from .scripts import CAS, FENCE, LEASE, lease_reply
 
 __all__ = ["Client", "Loader"]
@@ -51,6 +51,16 @@ class Client:
         self.l1: Optional[L1] = None
         self._sub_thread: Optional[threading.Thread] = None
         self._pubsub: Any = None
+        # wait_applied's shared state: one poller and one subscription
+        # however many threads wait.
+        self._wcond = threading.Condition()
+        self._wknown = 0  # highest settled position read
+        self._wpending: Dict[object, int] = {}
+        self._wrunning = False  # the poller runs
+        self._wsub: Optional[threading.Thread] = None  # the subscription
+        self._wpubsub: Any = None
+        self._wkicked = False
+        self._werr: Optional[BaseException] = None  # the last read's error
         if self.options.l1 is not None:
             self.l1 = L1(self.options.l1.max_entries, self.options.l1.ttl)
             self._sub_thread = threading.Thread(target=self._subscribe, name="walbust-cache-l1", daemon=True)
@@ -69,8 +79,18 @@ class Client:
                 ps.close()
             except Exception:
                 pass
+        with self._wcond:
+            self._wcond.notify_all()
+        ps = self._wpubsub
+        if ps is not None:
+            try:
+                ps.close()
+            except Exception:
+                pass
         if self._sub_thread is not None:
             self._sub_thread.join(timeout=self.options.l1.ping_interval * 2 + 1 if self.options.l1 else 1)
+        if self._wsub is not None:
+            self._wsub.join(timeout=2)
         with self._tlock:
             threads = list(self._threads)
         for t in threads:
@@ -319,13 +339,142 @@ class Client:
         if self.l1 is not None:
             self.l1.apply(Event(keys=list(keys)))
 
+    # --- read your writes ----------------------------------------------------
+
+    def wait_applied(self, lsn: Union[int, str], timeout: Optional[float] = None) -> None:
+        """Return once walbust has applied every change up to ``lsn`` to
+        Redis: its settled position (``protocol.settled_key(slot)``) is at
+        ``lsn`` or past it. Then a read through the cache sees every write
+        committed at or before ``lsn``. Take ``lsn`` (an int, or pg_lsn's
+        ``X/Y`` text) after COMMIT, from the same session::
+
+            SELECT pg_current_wal_insert_lsn()
+
+        With ``replicas:`` configured in walbust, the settled position moves
+        only after the keys were fenced again once every replica replayed the
+        change, so a fill from a replica cannot cache an older row either.
+
+        Raises TimeoutError after ``timeout`` seconds (None: no bound),
+        chained to the last Redis error if reading the position failed, and
+        :class:`BadPosition` instead when the key holds no LSN. Waiters share
+        one subscription to walbust's events (``WaitOptions.channel``) and
+        one poll of the key (1ms doubling to ``WaitOptions.max_poll``), so a
+        lost event, a write no rule maps or no events channel still end the
+        wait. The L1, if any, lags Redis by the events' delivery."""
+        w = self.options.wait
+        want = c.past_page_header(c.lsn_arg(lsn), w.wal_block_size, w.wal_segment_size)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        me = object()
+        with self._wcond:
+            if want <= self._wknown:
+                return
+            if self._closed.is_set():
+                raise RuntimeError("walbust_cache: client closed")
+            self._wpending[me] = want
+            try:
+                if not self._wrunning:
+                    self._wrunning = True
+                    threading.Thread(target=self._poll_position, name="walbust-cache-wait-poll", daemon=True).start()
+                if self._wsub is None and self.options.wait_channel != "-":
+                    self._wsub = threading.Thread(target=self._watch_events, name="walbust-cache-wait-events",
+                                                  daemon=True)
+                    self._wsub.start()
+                self._kick()
+                while want > self._wknown:
+                    if self._closed.is_set():
+                        raise RuntimeError("walbust_cache: client closed")
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        c.raise_wait_timeout(want, self._werr)
+                    self._wcond.wait(left)
+            finally:
+                self._wpending.pop(me, None)
+
+    def applied(self) -> Optional[int]:
+        """walbust's settled position now (None when walbust never wrote
+        it); :class:`BadPosition` when the key holds no LSN."""
+        return c.parse_settled(self.redis.get(settled_key(self.options.wait.slot)))
+
+    def _kick(self) -> None:
+        """Wake the poller (with _wcond held)."""
+        self._wkicked = True
+        self._wcond.notify_all()
+
+    def _poll_position(self) -> None:
+        """Read the position while anyone waits, at once when woken (a new
+        waiter, an event), else with backoff; end when nobody waits."""
+        interval = 0.001
+        while True:
+            lsn: Optional[int] = None
+            err: Optional[BaseException] = None
+            try:
+                lsn = self.applied()
+            except Exception as e:
+                err = e
+            with self._wcond:
+                self._werr = err
+                if lsn is not None and lsn > self._wknown:
+                    self._wknown = lsn
+                    interval = 0.001
+                self._wcond.notify_all()
+                if not any(want > self._wknown for want in self._wpending.values()) or self._closed.is_set():
+                    self._wrunning = False
+                    return
+                if not self._wkicked:
+                    end = time.monotonic() + interval
+                    while not self._wkicked and not self._closed.is_set():
+                        left = end - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._wcond.wait(left)
+                if self._wkicked:
+                    self._wkicked = False
+                else:
+                    interval = min(2 * interval, self.options.wait.max_poll)
+
+    def _watch_events(self) -> None:
+        """Wake the poller on every event past the known position, until
+        close (resubscribing after a failure)."""
+        backoff = c.Backoff(0.1, 5.0)
+        channel = self.options.wait_channel
+        while not self._closed.is_set():
+            ps = None
+            try:
+                ps = self._wpubsub = self._pubsub_source().pubsub()
+                ps.subscribe(channel)
+                while not self._closed.is_set():
+                    msg = ps.get_message(timeout=1.0)
+                    if msg is None:
+                        continue
+                    backoff.reset()
+                    kind = msg.get("type")
+                    if isinstance(kind, bytes):
+                        kind = kind.decode()
+                    if kind != "message":
+                        continue
+                    ev = c.event_lsn(msg.get("data"))
+                    with self._wcond:
+                        if ev is None or ev > self._wknown:
+                            self._kick()
+            except Exception:
+                pass
+            finally:
+                self._wpubsub = None
+                if ps is not None:
+                    try:
+                        ps.close()
+                    except Exception:
+                        pass
+            self._closed.wait(backoff.next())
+
     # --- the L1's subscription ----------------------------------------------
 
-    def _new_pubsub(self) -> Any:
+    def _pubsub_source(self) -> Any:
         l1o = self.options.l1
-        assert l1o is not None
-        src = l1o.pubsub_client if l1o.pubsub_client is not None else self.redis
-        return src.pubsub()
+        return l1o.pubsub_client if l1o is not None and l1o.pubsub_client is not None else self.redis
+
+    def _new_pubsub(self) -> Any:
+        return self._pubsub_source().pubsub()
 
     def _subscribe(self) -> None:
         """Keep the L1's subscription up until close. The L1 serves only

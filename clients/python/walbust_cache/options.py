@@ -7,9 +7,10 @@ import threading
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, Optional
 
-from .protocol import DEFAULT_EVENTS_CHANNEL
+from .protocol import DEFAULT_EVENTS_CHANNEL, ProtocolError
 
-__all__ = ["Options", "L1Options", "NotFound", "Observation", "Stats", "KeyFormat", "jitter"]
+__all__ = ["Options", "L1Options", "WaitOptions", "BadPosition", "NotFound", "Observation", "Stats", "KeyFormat",
+           "jitter"]
 
 
 class NotFound(Exception):
@@ -19,6 +20,12 @@ class NotFound(Exception):
     def __init__(self, key: str = "") -> None:
         super().__init__(f"{key!r}: not found" if key else "not found")
         self.key = key
+
+
+class BadPosition(ProtocolError):
+    """walbust's settled position key holds something that is not an LSN
+    (raised by ``wait_applied`` instead of TimeoutError when the wait times
+    out on such a key, and by ``applied``)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,35 @@ class L1Options:
 
 
 @dataclass(frozen=True)
+class WaitOptions:
+    """Configure ``wait_applied`` (the twin of Go's ``cacheaside.WaitOptions``)."""
+
+    #: walbust's replication slot (``postgres.slot``): the position waited
+    #: for is ``protocol.settled_key(slot)``.
+    slot: str = "walbust"
+    #: walbust's events channel ("": the L1's channel, else
+    #: ``walbust:events``); each event wakes the waiters at once. "-": do
+    #: not subscribe, only poll.
+    channel: str = ""
+    #: Caps the interval (seconds) between two reads of the position while
+    #: someone waits. Polls start at 1ms and double: they end a wait no
+    #: event announces (a write to a table walbust does not map, an idle
+    #: position, a lost event).
+    max_poll: float = 0.1
+    #: The server's ``wal_block_size`` and ``wal_segment_size`` (Postgres's
+    #: defaults): an LSN just past a WAL page header is taken for the page's
+    #: start (see ``past_page_header``).
+    wal_block_size: int = 8192
+    wal_segment_size: int = 16 << 20
+
+    def validate(self) -> None:
+        if not self.slot:
+            raise ValueError("walbust_cache: wait slot must not be empty")
+        if self.max_poll <= 0 or self.wal_block_size < 0 or self.wal_segment_size < 0:
+            raise ValueError("walbust_cache: wait max_poll must be positive, the WAL sizes not negative")
+
+
+@dataclass(frozen=True)
 class Options:
     """Configure a client. Durations are in seconds (floats)."""
 
@@ -124,6 +160,8 @@ class Options:
     versioned_key: str = "{key}:v{version}"
     #: The in-process cache (None: none).
     l1: Optional[L1Options] = None
+    #: ``wait_applied``'s slot, channel and poll (see :class:`WaitOptions`).
+    wait: WaitOptions = WaitOptions()
 
     def validate(self) -> "Options":
         if self.ttl < 0.001:
@@ -142,7 +180,15 @@ class Options:
             raise ValueError("walbust_cache: versioned_key must contain {key} and {version}")
         if self.l1 is not None:
             self.l1.validate()
+        self.wait.validate()
         return self
+
+    @property
+    def wait_channel(self) -> str:
+        """The channel ``wait_applied`` subscribes to ("-": none)."""
+        if self.wait.channel:
+            return self.wait.channel
+        return self.l1.channel if self.l1 is not None else DEFAULT_EVENTS_CHANNEL
 
     @classmethod
     def build(cls, options: Optional["Options"], overrides: Dict[str, Any]) -> "Options":

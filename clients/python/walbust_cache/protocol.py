@@ -46,6 +46,7 @@ __all__ = [
     "format_pg_lsn",
     "parse_pg_lsn",
     "applied_key",
+    "settled_key",
     "match",
     "now_ms",
 ]
@@ -277,6 +278,15 @@ def applied_key(slot: str) -> str:
     """The key where walbust records how far it has applied ``slot``'s
     changes (an LSN in ``X/Y`` form)."""
     return "walbust:applied:{" + slot + "}"
+
+
+def settled_key(slot: str) -> str:
+    """The key of walbust's settled position for ``slot`` (``X/Y`` form):
+    every change up to it is in Redis and, when walbust watches read
+    replicas, was fenced again after they replayed it. Same form and same
+    monotonic write as :func:`applied_key`; this is the position
+    read-your-writes waits for (:meth:`walbust_cache.Client.wait_applied`)."""
+    return "walbust:settled:{" + slot + "}"
 
 
 # --- Events -------------------------------------------------------------------
