@@ -133,6 +133,10 @@ func (m *Mapper) mapTable(c *wal.Change, b *binding, tb *tableBinding, plan *Pla
 			plan.Skipped++
 			continue
 		}
+		if r.Refresh != nil {
+			m.mapRefresh(plan, b, c, r, images)
+			continue
+		}
 		if r.Query != nil {
 			m.recordLookups(plan, b, r, images)
 			continue

@@ -150,7 +150,7 @@ func Run(ctx context.Context, o Options) (err error) {
 // actionNames are deps.yaml's actions, for the metrics' series.
 func actionNames() []string {
 	var out []string
-	for a := mapping.Delete; a <= mapping.Fence; a++ {
+	for a := mapping.Delete; a <= mapping.Refresh; a++ {
 		out = append(out, a.String())
 	}
 	return out
