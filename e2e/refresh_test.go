@@ -102,7 +102,10 @@ func TestRefreshMasterData(t *testing.T) {
 func (e *env) waitValue(key, want string) {
 	e.t.Helper()
 	eventually(e.t, invalidateTimeout, func() bool { v, _ := e.regGet(key); return v == want },
-		func() string { v, ok := e.regGet(key); return fmt.Sprintf("%s = %q (present %v), want %q", key, v, ok, want) })
+		func() string {
+			v, ok := e.regGet(key)
+			return fmt.Sprintf("%s = %q (present %v), want %q", key, v, ok, want)
+		})
 }
 
 // A bulk UPDATE of 10k rows under 200 concurrent readers: with refresh
