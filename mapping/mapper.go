@@ -424,6 +424,9 @@ func (r *Registry) IdentityGaps(rel *wal.Relation) []Ref {
 			continue
 		}
 		for _, ref := range rule.RowColumns() {
+			if rule.Refresh.isValueRef(ref) {
+				continue // read from the new row
+			}
 			if key, exists := isKey[ref.Name]; exists && !key {
 				gaps = append(gaps, ref)
 			}

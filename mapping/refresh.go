@@ -222,6 +222,12 @@ func (r *Rule) refreshColumns() []Ref {
 	return out
 }
 
+// isValueRef reports whether ref is a column of the value template: the
+// value is rendered from the new row, so the old one need not send it.
+func (s *RefreshSpec) isValueRef(ref Ref) bool {
+	return s != nil && s.Value != nil && ref.Line == s.Value.Line && ref.Column == s.Value.Column
+}
+
 // refreshSet is a plan's refreshes, one per key: the latest change wins.
 type refreshSet struct {
 	items []refreshItem

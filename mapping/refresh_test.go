@@ -428,3 +428,17 @@ func TestAppendRowJSON(t *testing.T) {
 		t.Errorf("an unknown value rendered")
 	}
 }
+
+func TestRefreshIdentityGaps(t *testing.T) {
+	reg := mustParse(t, refreshDeps)
+	gaps := reg.IdentityGaps(relation(1, "public.products", 'd', "id*", "category_id", "name"))
+	var names []string
+	for _, g := range gaps {
+		names = append(names, g.Name)
+	}
+	// The value template's {name} is read from the new row; the query's
+	// arg and its key's column need the old row.
+	if want := []string{"category_id", "category_id"}; !reflect.DeepEqual(names, want) {
+		t.Errorf("gaps %q, want %q", names, want)
+	}
+}
