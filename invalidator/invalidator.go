@@ -335,6 +335,8 @@ func (b *batch) queue(ctx context.Context, inv mapping.Invalidation, key string)
 			return err
 		}
 		fenceScript.EvalSha(ctx, pipe, []string{key}, strconv.FormatUint(uint64(inv.Version), 10), b.token, inv.TTL.Milliseconds())
+	case mapping.Refresh:
+		return b.refresh(ctx, inv, key)
 	default:
 		return b.unlink(ctx, key)
 	}

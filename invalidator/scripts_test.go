@@ -13,5 +13,7 @@ func TestScriptFiles(t *testing.T) {
 		"lua/bump.lua":  bumpSource,
 		"lua/stale.lua": staleSource,
 		"lua/raise.lua": raiseSource,
+		// action: refresh
+		"lua/refresh.lua": refreshSource,
 	})
 }

@@ -25,8 +25,12 @@ const (
 	// a random token, for fence_ttl (see package protocol): a reader's fill
 	// that began before the tombstone was written fails.
 	Fence
+	// Refresh writes the fresh value (with its commit LSN, compared and set
+	// atomically) instead of removing the key; see refresh.go. It is an
+	// action of derived rules, not of tables.
+	Refresh
 
-	maxAction = Fence
+	maxAction = Refresh
 )
 
 func (a Action) String() string {
@@ -39,6 +43,8 @@ func (a Action) String() string {
 		return "stale"
 	case Fence:
 		return "fence"
+	case Refresh:
+		return "refresh"
 	}
 	return "unknown"
 }
@@ -54,6 +60,8 @@ func ParseAction(s string) (Action, error) {
 		return Stale, nil
 	case "fence":
 		return Fence, nil
+	case "refresh":
+		return Refresh, nil
 	}
 	return Delete, fmt.Errorf("unknown action %q (delete, bump, stale, fence)", s)
 }
@@ -76,4 +84,7 @@ type Invalidation struct {
 	Table    string    // the table whose change produced it
 	Rule     *Rule     // the deps.yaml rule that produced it
 	Template *Template // the template within the rule
+
+	// Refresh is what a Refresh writes (see refresh.go); nil otherwise.
+	Refresh *RefreshWrite
 }

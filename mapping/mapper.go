@@ -133,6 +133,10 @@ func (m *Mapper) mapTable(c *wal.Change, b *binding, tb *tableBinding, plan *Pla
 			plan.Skipped++
 			continue
 		}
+		if r.Refresh != nil {
+			m.mapRefresh(plan, b, c, r, images)
+			continue
+		}
 		if r.Query != nil {
 			m.recordLookups(plan, b, r, images)
 			continue
@@ -420,6 +424,9 @@ func (r *Registry) IdentityGaps(rel *wal.Relation) []Ref {
 			continue
 		}
 		for _, ref := range rule.RowColumns() {
+			if rule.Refresh.isValueRef(ref) {
+				continue // read from the new row
+			}
 			if key, exists := isKey[ref.Name]; exists && !key {
 				gaps = append(gaps, ref)
 			}

@@ -38,7 +38,8 @@ type Plan struct {
 	slots     []int32 // open-addressing index into entries (+1; 0 is empty)
 	pending   []pendingLookup
 	lookupIdx map[lookupKey]int
-	collapsed []*Table // tables whose rows fell back to on_truncate
+	collapsed []*Table   // tables whose rows fell back to on_truncate
+	refresh   refreshSet // action: refresh keys (refresh.go)
 	seed      maphash.Seed
 	buf       []byte // rendering scratch
 }
@@ -98,7 +99,7 @@ func (p *Plan) Len() int { return len(p.entries) }
 
 // Size estimates the memory the plan holds, in bytes.
 func (p *Plan) Size() int {
-	return cap(p.arena) + cap(p.entries)*24 + cap(p.slots)*4 + len(p.pending)*64
+	return cap(p.arena) + cap(p.entries)*24 + cap(p.slots)*4 + len(p.pending)*64 + p.refresh.size()
 }
 
 // Reset empties the plan for reuse, keeping its allocations.
@@ -116,6 +117,7 @@ func (p *Plan) Reset() {
 	p.pending = p.pending[:0]
 	clear(p.lookupIdx)
 	p.collapsed = p.collapsed[:0]
+	p.refresh.reset()
 }
 
 // At returns invalidation i.
@@ -184,6 +186,7 @@ func (p *Plan) SetVersion(version wal.LSN) {
 	for i := range p.pending {
 		p.pending[i].version = version
 	}
+	p.refresh.setVersion(version)
 }
 
 // Merge adds src's invalidations, lookups still to run, problems and counts;
@@ -196,6 +199,7 @@ func (p *Plan) Merge(src *Plan, version wal.LSN) {
 	for _, l := range src.pending {
 		p.addLookup(l.key.rule, l.args, version)
 	}
+	p.refresh.merge(&src.refresh, version)
 	for _, pr := range src.Problems {
 		p.problem(pr.Table, pr.Op, pr.Msg, pr.Count)
 	}

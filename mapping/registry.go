@@ -60,6 +60,7 @@ type Rule struct {
 	Query       *Query
 	WhenChanged []Ref
 	On          OpSet
+	Refresh     *RefreshSpec // action: refresh (see refresh.go); nil for the table's action
 
 	table *Table
 }
@@ -270,6 +271,10 @@ func readActionSpec(doc *yamlnode.Doc, fields []yamlnode.Field, spec *ActionSpec
 			if err != nil {
 				doc.Errorf(f.Value, f.Path, "%v", err)
 			}
+			if a == Refresh {
+				doc.Errorf(f.Value, f.Path, "refresh is an action of derived rules (it needs the rule's value or query and a ttl): set it in a rule under derived")
+				a = Delete
+			}
 			spec.Action = a
 		case "stale_ttl", "fence_ttl":
 			d, err := time.ParseDuration(s)
@@ -364,8 +369,11 @@ func (r *Rule) bind(t *Table) {
 func buildDerived(doc *yamlnode.Doc, n *yaml.Node, path string, index int) *Rule {
 	r := &Rule{Position: pos(n), Name: fmt.Sprintf("derived[%d]", index), On: allOps}
 	var argsField *yamlnode.Field
-	for _, f := range doc.Mapping(n, path, "keys", "patterns", "query", "args", "when_changed", "on") {
+	var refresh []yamlnode.Field
+	for _, f := range doc.Mapping(n, path, append([]string{"keys", "patterns", "query", "args", "when_changed", "on"}, refreshFields...)...) {
 		switch f.Key.Value {
+		case "action", "value", "ttl", "negative":
+			refresh = append(refresh, f)
 		case "keys":
 			r.Keys = templates(doc, f)
 		case "patterns":
@@ -412,13 +420,16 @@ func buildDerived(doc *yamlnode.Doc, n *yaml.Node, path string, index int) *Rule
 		} else {
 			r.Query.Args = refs(doc, *argsField)
 		}
-		if len(r.Keys) == 0 && len(r.Patterns) == 0 {
+		if len(r.Keys) == 0 && len(r.Patterns) == 0 && len(refresh) == 0 {
 			doc.Errorf(n, path+".keys", "a query rule needs keys or patterns to render over its result rows")
 		}
 	case argsField != nil:
 		doc.Errorf(argsField.Key, argsField.Path, "args only make sense with a query")
-	case len(r.Keys) == 0 && len(r.Patterns) == 0:
+	case len(r.Keys) == 0 && len(r.Patterns) == 0 && len(refresh) == 0:
 		doc.Errorf(n, path, "a derived rule needs keys, patterns or a query")
+	}
+	if len(refresh) > 0 {
+		buildRefresh(doc, n, path, r, refresh)
 	}
 	return r
 }
@@ -507,7 +518,9 @@ func (r *Rule) RowColumns() []Ref {
 	var out []Ref
 	if r.Query != nil {
 		out = append(out, r.Query.Args...)
-	} else {
+	}
+	out = append(out, r.refreshColumns()...)
+	if r.Query == nil && r.Refresh == nil {
 		for _, t := range r.Templates() {
 			for _, c := range t.Columns() {
 				out = append(out, Ref{Position: Position{t.Line, t.Column}, Name: c})

@@ -105,7 +105,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	// Always, even without lookup queries: a reload may add the first one,
 	// and the pool connects only on first use.
-	pool, err := lookup.New(ctx, lookup.Options{URL: d.cfg.Postgres.URL, OnError: d.metrics.LookupFailed})
+	pool, err := lookup.New(ctx, lookup.Options{URL: d.cfg.Postgres.URL, MaxConns: pipeline.RefreshConcurrency, OnError: d.metrics.LookupFailed})
 	if err != nil {
 		return err
 	}
@@ -150,7 +150,7 @@ func Run(ctx context.Context, o Options) (err error) {
 // actionNames are deps.yaml's actions, for the metrics' series.
 func actionNames() []string {
 	var out []string
-	for a := mapping.Delete; a <= mapping.Fence; a++ {
+	for a := mapping.Delete; a <= mapping.Refresh; a++ {
 		out = append(out, a.String())
 	}
 	return out

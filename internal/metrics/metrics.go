@@ -26,6 +26,7 @@ type Metrics struct {
 	patternKeys        prometheus.Counter
 	lookups            prometheus.Counter
 	lookupErrors       prometheus.Counter
+	refreshFailures    *prometheus.CounterVec
 	redisErrors        prometheus.Counter
 	redisRetries       prometheus.Counter
 	problems           *prometheus.CounterVec // table, op
@@ -72,6 +73,8 @@ func New(version, slot string) *Metrics {
 		patternKeys:  f.counter("pattern_keys_total", "Keys found and acted on by pattern scans."),
 		lookups:      f.counter("lookups_total", "Lookup queries run for derived rules."),
 		lookupErrors: f.counter("lookup_errors_total", "Failed lookup query attempts."),
+		refreshFailures: f.counterVec("refresh_failures_total",
+			"Keys of action: refresh rules whose value query failed: they kept their value, flagged stale.", "table"),
 		redisErrors:  f.counter("redis_errors_total", "Failed attempts to apply a batch to Redis."),
 		redisRetries: f.counter("redis_retries_total", "Batches that needed more than one attempt."),
 		problems:     f.counterVec("incomplete_invalidations_total", "Changes whose keys could not all be derived (see logs).", "table", "op"),
@@ -184,6 +187,7 @@ func (m *Metrics) InitSeries(tables, actions []string) {
 			m.changes.WithLabelValues(t, op.String())
 			m.problems.WithLabelValues(t, op.String())
 		}
+		m.refreshFailures.WithLabelValues(t)
 	}
 	for _, a := range actions {
 		for _, kind := range [2]string{"key", "pattern"} {
@@ -256,6 +260,11 @@ func (m *Metrics) BatchApplied(b observe.Batch) {
 // LookupFailed counts a failed lookup query attempt (the lookup pool's
 // OnError hook).
 func (m *Metrics) LookupFailed(error) { m.lookupErrors.Inc() }
+
+// RefreshFailed implements pipeline.RefreshObserver.
+func (m *Metrics) RefreshFailed(table string, keys int) {
+	m.refreshFailures.WithLabelValues(table).Add(float64(keys))
+}
 
 // HeartbeatFailed counts a heartbeat that could not be emitted.
 func (m *Metrics) HeartbeatFailed() { m.heartbeatErrors.Inc() }

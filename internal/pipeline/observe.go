@@ -22,6 +22,9 @@ func observed(b *Batch) observe.Batch {
 	b.Plan.Tally(func(a mapping.Action, pattern bool, n int) {
 		o.Invalidations = append(o.Invalidations, observe.Invalidations{Action: a.String(), Pattern: pattern, N: n})
 	})
+	if n := b.Plan.Refreshes(); n > 0 {
+		o.Invalidations = append(o.Invalidations, observe.Invalidations{Action: mapping.Refresh.String(), N: n})
+	}
 	return o
 }
 

@@ -386,7 +386,7 @@ func (p *Pipeline) apply(ctx context.Context, batch []*committed, buf *applyBuff
 		}
 	}
 	end := batch[len(batch)-1].EndLSN
-	if p.opts.Visibility != nil && plan.Len()+plan.PendingLookups() > 0 {
+	if p.opts.Visibility != nil && plan.Len()+plan.PendingLookups()+plan.Refreshes() > 0 {
 		xids := make([]uint32, len(batch))
 		for i, tx := range batch {
 			xids[i] = tx.Xid
@@ -400,6 +400,9 @@ func (p *Pipeline) apply(ctx context.Context, batch []*committed, buf *applyBuff
 	if err := p.retry(ctx, end, StallLookup, "cannot derive invalidations", func() error {
 		return p.resolver.Resolve(ctx, plan)
 	}); err != nil {
+		return err
+	}
+	if err := p.refresh(ctx, end, plan, &b); err != nil {
 		return err
 	}
 	for _, pr := range plan.Problems {

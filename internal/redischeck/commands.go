@@ -52,6 +52,17 @@ func commands(reg *mapping.Registry, opts invalidator.Options) []command {
 	sha := invalidator.ScriptSHA()
 	var out []command
 	add := func(why string, args ...string) { out = append(out, command{args: args, why: why}) }
+	// action: refresh (refresh.lua), on the key and its LSN key.
+	refresh := func(name, key string) {
+		lkey := mapping.LSNKey.For(key)
+		why := "refresh action (" + name + ")"
+		add(why, "evalsha", sha, "2", key, lkey, "del", "0/1", "1", "x")
+		add(why+", in its script", "get", lkey)
+		add(why+", in its script", "set", key, "x", "px", "1")
+		add(why+", in its script", "set", lkey, "0/1", "px", "1")
+		add(why+", in its script", "del", key)
+		add(why+", in its script", "pttl", key)
+	}
 	add("readiness", "ping")
 	add("walbust's own checks", "info", "server")
 	// go-redis names each connection (CLIENT SETNAME walbust) and refuses
@@ -92,6 +103,11 @@ func commands(reg *mapping.Registry, opts invalidator.Options) []command {
 			for _, tmpl := range tmpls {
 				rendered, _ := tmpl.AppendRender(nil, probeRow{})
 				key := string(rendered)
+				if r.Refresh != nil {
+					scripts = true
+					refresh(name, key)
+					continue
+				}
 				switch t.Action.Action {
 				case mapping.Bump:
 					scripts = true

@@ -142,6 +142,14 @@ func checkQuery(ctx context.Context, conn *pgx.Conn, file, table string, r *mapp
 		have[f.Name] = true
 		names = append(names, f.Name)
 	}
+	if r.Refresh != nil {
+		// A refresh query's keys render over the row; it returns the value.
+		if len(names) != 1 && !have["value"] {
+			at(q.Position, "%s %s: a refresh query returns the value in a column named value (or in its only column); it returns: %s",
+				table, r.Name, strings.Join(names, ", "))
+		}
+		return ps
+	}
 	for _, t := range r.Templates() {
 		for _, c := range t.Columns() {
 			if !have[c] {
