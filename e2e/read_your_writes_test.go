@@ -2,14 +2,12 @@ package e2e
 
 import (
 	"context"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/walbust/walbust/cacheaside"
-	"github.com/walbust/walbust/internal/throwaway"
 	"github.com/walbust/walbust/protocol"
 )
 
@@ -104,25 +102,8 @@ tables:
 // only once the re-fence is done, after the replica replayed the write;
 // the applied position moves with the first fence.
 func TestReadYourWritesWaitsForRefence(t *testing.T) {
-	e := newEnv(t, envOptions{seed: defaultSeed, noStart: true, deps: `version: 1
-tables:
-  public.products:
-    action: fence
-    keys: ["product:{id}"]
-  public.categories:
-    keys: ["category:{id}"]
-`})
 	const delay = 1500 * time.Millisecond
-	dir, err := os.MkdirTemp("", "walbust-e2e-replica-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	replica, err := throwaway.StartReplica(e.ctx, dir, pg, throwaway.WithSetting("recovery_min_apply_delay", delay.String()))
-	if err != nil {
-		os.RemoveAll(dir)
-		t.Fatalf("start a replica: %v", err)
-	}
-	t.Cleanup(func() { replica.Close() })
+	e, replica := refenceEnv(t, delay)
 	e.regStartWith("--replica-urls", replica.URL(e.name), "--replica-wait-max", "30s")
 	c, err := cacheaside.New(e.rdb, cacheaside.Options{Wait: cacheaside.WaitOptions{Slot: e.name}})
 	if err != nil {

@@ -17,25 +17,8 @@ import (
 // new token) only once the replica has replayed the commit, and the batch
 // is acknowledged only then. Each fence is published on the events channel.
 func TestRefenceAfterReplicaReplayed(t *testing.T) {
-	e := newEnv(t, envOptions{seed: defaultSeed, noStart: true, deps: `version: 1
-tables:
-  public.products:
-    action: fence
-    keys: ["product:{id}"]
-  public.categories:
-    keys: ["category:{id}"]
-`})
 	const delay = 1500 * time.Millisecond
-	dir, err := os.MkdirTemp("", "walbust-e2e-replica-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	replica, err := throwaway.StartReplica(e.ctx, dir, pg, throwaway.WithSetting("recovery_min_apply_delay", delay.String()))
-	if err != nil {
-		os.RemoveAll(dir)
-		t.Fatalf("start a replica: %v", err)
-	}
-	t.Cleanup(func() { replica.Close() })
+	e, replica := refenceEnv(t, delay)
 
 	events := e.rdb.Subscribe(e.ctx, protocol.DefaultEventsChannel)
 	t.Cleanup(func() { events.Close() })
@@ -117,4 +100,29 @@ func errString(err error) string {
 		return "no error"
 	}
 	return err.Error()
+}
+
+// refenceEnv is an env with products fenced and a streaming replica that
+// replays delay behind the primary; walbust is not started.
+func refenceEnv(t *testing.T, delay time.Duration) (*env, *throwaway.Postgres) {
+	t.Helper()
+	e := newEnv(t, envOptions{seed: defaultSeed, noStart: true, deps: `version: 1
+tables:
+  public.products:
+    action: fence
+    keys: ["product:{id}"]
+  public.categories:
+    keys: ["category:{id}"]
+`})
+	dir, err := os.MkdirTemp("", "walbust-e2e-replica-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	replica, err := throwaway.StartReplica(e.ctx, dir, pg, throwaway.WithSetting("recovery_min_apply_delay", delay.String()))
+	if err != nil {
+		os.RemoveAll(dir)
+		t.Fatalf("start a replica: %v", err)
+	}
+	t.Cleanup(func() { replica.Close() })
+	return e, replica
 }

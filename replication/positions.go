@@ -2,6 +2,7 @@ package replication
 
 import (
 	"github.com/jackc/pglogrepl"
+
 	"github.com/walbust/walbust/replication/wal"
 )
 

@@ -10,9 +10,9 @@ import (
 	"os"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/walbust/walbust/internal/config"
 	"github.com/walbust/walbust/internal/daemon"
 	"github.com/walbust/walbust/mapping"

@@ -5,11 +5,12 @@ import (
 	"errors"
 	"fmt"
 
+	"go.uber.org/zap"
+
 	"github.com/walbust/walbust/internal/validate"
 	"github.com/walbust/walbust/mapping"
 	"github.com/walbust/walbust/replication"
 	"github.com/walbust/walbust/replication/wal"
-	"go.uber.org/zap"
 )
 
 // preflight refuses to start when streaming could only lose invalidations:
