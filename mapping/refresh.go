@@ -529,7 +529,9 @@ func (m *Mapper) RunRefreshQueries(ctx context.Context, plan *Plan, limit int) (
 		}
 	}
 	var ran atomic.Int32
-	eg, gctx := errgroup.WithContext(ctx)
+	// Errors stay with their group (a failed query marks its keys stale),
+	// so the goroutines never fail the group.
+	var eg errgroup.Group
 	eg.SetLimit(max(limit, 1))
 	for _, g := range groups {
 		fails := failed[g.rule]
@@ -539,7 +541,7 @@ func (m *Mapper) RunRefreshQueries(ctx context.Context, plan *Plan, limit int) (
 				return nil
 			}
 			ran.Add(1)
-			g.op, g.value, g.err = m.refreshQuery(gctx, g.rule, g.args)
+			g.op, g.value, g.err = m.refreshQuery(ctx, g.rule, g.args)
 			if g.err != nil && ctx.Err() == nil {
 				fails.Add(1)
 			}
