@@ -6,9 +6,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walbust/walbust/mapping"
 )
 
 // initSchema has what init must get right: a composite primary key, a
@@ -107,5 +112,63 @@ func TestInit(t *testing.T) {
 	e.waitGone("order_items:1:1")
 	e.exec("DELETE FROM shop.order_items WHERE order_id = 1 AND line_no = 2")
 	e.waitGone("order_items:1:2")
+	e.assertPresent("orders:1")
+}
+
+// TestInitFromPublication: with a publication of some tables (created by
+// their owner, as README's walkthrough does) and no --tables, init writes
+// rules for exactly those, a partitioned table as its root; setup then
+// finds the publication as it is, alters nothing, and creates the slot.
+func TestInitFromPublication(t *testing.T) {
+	e := newEnv(t, envOptions{noSetup: true, extraSchema: initSchema + `
+CREATE TABLE shop.visits (id bigint, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+CREATE TABLE shop.visits_2024 PARTITION OF shop.visits FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+`,
+		seed: `INSERT INTO shop.orders VALUES (1, 'ada'), (2, 'bob'); INSERT INTO shop.visits VALUES (7, '2024-05-01');`})
+	pub := pgx.Identifier{e.name}.Sanitize()
+	e.exec("CREATE PUBLICATION " + pub + " FOR TABLE shop.orders, shop.visits WITH (publish_via_partition_root = true)")
+	dir := filepath.Join(t.TempDir(), "conf")
+	out, code := walbustInit(t, "--postgres-url", pg.URL(e.name), "--redis-url", rds.URL(), "--slot", e.name, "--publication", e.name,
+		"--listen", "127.0.0.1:0", "--dir", dir)
+	if code != 0 {
+		t.Fatalf("walbust init exited %d:\n%s", code, out)
+	}
+	for _, want := range []string{"tables from publication " + e.name + ": shop.orders, shop.visits\n", "finds publication " + e.name} {
+		if !strings.Contains(out, want) {
+			t.Errorf("walbust init output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "ALTER PUBLICATION") {
+		t.Errorf("walbust init says setup will alter the publication:\n%s", out)
+	}
+	deps, err := os.ReadFile(filepath.Join(dir, "deps.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := mapping.Parse("deps.yaml", deps)
+	if err != nil {
+		t.Fatalf("deps.yaml does not load: %v\n%s", err, deps)
+	}
+	if got, want := reg.Names(), []string{"shop.orders", "shop.visits"}; !slices.Equal(got, want) {
+		t.Errorf("deps.yaml has rules for %q, want the publication's %q:\n%s", got, want, deps)
+	}
+
+	e.configPath = filepath.Join(dir, "walbust.yaml")
+	out, code = e.walbust("setup")
+	if code != 0 {
+		t.Fatalf("walbust setup exited %d:\n%s", code, out)
+	}
+	if want := "found publication " + e.name + " for shop.orders, shop.visits"; !strings.Contains(out, want) || strings.Contains(out, "updated publication") {
+		t.Errorf("walbust setup output lacks %q (or altered the publication):\n%s", want, out)
+	}
+	if out, code := e.walbust("validate"); code != 0 {
+		t.Fatalf("walbust validate exited %d:\n%s", code, out)
+	}
+	e.start()
+	e.cache("orders:1", "orders:2", "visits:7:2024-05-01")
+	e.exec("UPDATE shop.visits SET id = 8 WHERE id = 7")
+	e.waitGone("visits:7:2024-05-01")
+	e.exec("DELETE FROM shop.orders WHERE id = 2")
+	e.waitGone("orders:2")
 	e.assertPresent("orders:1")
 }

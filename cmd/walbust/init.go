@@ -17,11 +17,12 @@ import (
 func initCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("init", `Usage: walbust init [--postgres-url URL] [--tables public.a,public.b] [--dir .] [--force]
 
-Reads the database's schema and writes a starter walbust.yaml and deps.yaml. The Postgres URL,
+Reads the database's schema and writes a starter walbust.yaml and deps.yaml, with rules for the
+tables of the publication when it exists (else every table, or --tables). The Postgres URL,
 slot, publication, Redis URL, checkpoint and listen address written are the ones given as
 flags, environment variables or --config, else the defaults. No password is written.`, stderr)
 	fs, loader := f.FlagSet, f.loader
-	tables := fs.String("tables", "", "comma-separated tables (schema.table) to write rules for; default: every table outside the system schemas, partitions aside")
+	tables := fs.String("tables", "", "comma-separated tables (schema.table) to write rules for; default: the tables of the publication (--publication) when it exists and lists any, else every table outside the system schemas, partitions aside")
 	dir := fs.String("dir", ".", "directory to write walbust.yaml and deps.yaml into")
 	force := fs.Bool("force", false, "overwrite walbust.yaml and deps.yaml when they exist")
 	if err := parseFlags(fs, args); err != nil {

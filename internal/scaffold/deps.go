@@ -17,8 +17,9 @@ import (
 // Select picks the tables init writes rules for: those named (as
 // schema.table, quoted as wal.ParseQualifiedName reads them), or, when none
 // are, every table that is not a partition (a partition's rows arrive as
-// its parent). The result is sorted by name.
-func Select(all []Table, names []string) ([]Table, error) {
+// its parent). from says where the names came from ("--tables", or
+// "publication walbust"), for the errors. The result is sorted by name.
+func Select(all []Table, names []string, from string) ([]Table, error) {
 	var out []Table
 	if len(names) == 0 {
 		for _, t := range all {
@@ -36,7 +37,7 @@ func Select(all []Table, names []string) ([]Table, error) {
 		for _, n := range names {
 			schema, rel, err := wal.ParseQualifiedName(n)
 			if err != nil {
-				return nil, fmt.Errorf("--tables: %w", err)
+				return nil, fmt.Errorf("%s: %w", from, err)
 			}
 			q := wal.QualifiedName(schema, rel)
 			t, ok := byName[q]
@@ -50,12 +51,12 @@ func Select(all []Table, names []string) ([]Table, error) {
 			}
 		}
 		if len(missing) > 0 {
-			return nil, fmt.Errorf("--tables: no ordinary or partitioned table %s in the database", strings.Join(missing, ", "))
+			return nil, fmt.Errorf("%s: no ordinary or partitioned table %s in the database", from, strings.Join(missing, ", "))
 		}
 		for _, t := range out {
 			if t.PartitionOf != "" && seen[t.PartitionOf] {
-				return nil, fmt.Errorf("--tables names both %s and its partition %s: the partition's rows arrive as %s, so name only one of them",
-					t.PartitionOf, t.QualifiedName(), t.PartitionOf)
+				return nil, fmt.Errorf("%s names both %s and its partition %s: the partition's rows arrive as %s, so name only one of them",
+					from, t.PartitionOf, t.QualifiedName(), t.PartitionOf)
 			}
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -29,9 +30,12 @@ var ErrExists = errors.New("not overwriting existing files")
 // Options are walbust init's.
 type Options struct {
 	Settings Settings
-	Tables   []string // schema.table; nil: every table that is not a partition
-	Dir      string
-	Force    bool // overwrite existing files
+	// Tables: schema.table; nil: the tables of the publication
+	// Settings.Publication when it exists and lists any, else every table
+	// that is not a partition.
+	Tables []string
+	Dir    string
+	Force  bool // overwrite existing files
 }
 
 // Files is what init writes.
@@ -39,6 +43,10 @@ type Files struct {
 	Config, Deps string
 	Summary      Summary
 	Notes        []string
+	// Publication is the configured publication when it exists, nil
+	// else; FromPublication: the tables are its tables.
+	Publication     *Publication
+	FromPublication bool
 }
 
 // Generate reads the schema and renders both files.
@@ -47,7 +55,21 @@ func Generate(ctx context.Context, schema Schema, o Options) (*Files, error) {
 	if err != nil {
 		return nil, err
 	}
-	chosen, err := Select(all, o.Tables)
+	var pub *Publication
+	if o.Settings.Publication != "" {
+		if pub, err = schema.Publication(ctx, o.Settings.Publication); err != nil {
+			return nil, err
+		}
+	}
+	names, from := o.Tables, "--tables"
+	fromPub := len(names) == 0 && pub != nil && len(pub.Tables) > 0
+	if fromPub {
+		// The tables the user published are the ones to watch: setup then
+		// finds the publication as it is, with nothing to alter (which
+		// would need the tables' owner).
+		names, from = pub.Tables, "publication "+pub.Name
+	}
+	chosen, err := Select(all, names, from)
 	if err != nil {
 		return nil, err
 	}
@@ -61,7 +83,34 @@ func Generate(ctx context.Context, schema Schema, o Options) (*Files, error) {
 		return nil, fmt.Errorf("walbust init generated a deps.yaml that does not load (a bug; please report it):\n%w", err)
 	}
 	cfg, notes := Config(o.Settings, DepsFile)
-	return &Files{Config: cfg, Deps: deps, Summary: sum, Notes: notes}, nil
+	notes = append(notes, publicationNotes(pub, sum.Tables)...)
+	return &Files{Config: cfg, Deps: deps, Summary: sum, Notes: notes, Publication: pub, FromPublication: fromPub}, nil
+}
+
+// publicationNotes says what walbust setup will have to change in an
+// existing publication for deps.yaml's tables (keyed, sorted): setup makes
+// the publication list exactly those, via the partition root, and
+// altering it needs its tables' owner.
+func publicationNotes(pub *Publication, keyed []string) []string {
+	if pub == nil {
+		return nil
+	}
+	var notes []string
+	name := pgx.Identifier{pub.Name}.Sanitize()
+	listed := slices.Sorted(slices.Values(pub.Tables))
+	if want := slices.Sorted(slices.Values(keyed)); !slices.Equal(listed, want) {
+		were := strings.Join(listed, ", ")
+		if were == "" {
+			were = "no tables"
+		}
+		notes = append(notes, fmt.Sprintf("publication %s lists %s but deps.yaml has keys for %s: walbust setup will ALTER PUBLICATION %s SET TABLE to deps.yaml's tables, which needs the tables' owner (run setup as the owner, or have them run it)",
+			pub.Name, were, strings.Join(want, ", "), name))
+	}
+	if !pub.ViaRoot {
+		notes = append(notes, fmt.Sprintf("publication %s is without publish_via_partition_root: walbust setup will ALTER PUBLICATION %s SET (publish_via_partition_root = true), which needs its owner",
+			pub.Name, name))
+	}
+	return notes
 }
 
 // Write puts the files into dir. Without force it writes nothing when
@@ -124,6 +173,9 @@ func Run(ctx context.Context, schema Schema, o Options, stdout io.Writer) error 
 	for _, p := range written {
 		fmt.Fprintln(stdout, "wrote", p)
 	}
+	if f.FromPublication {
+		fmt.Fprintf(stdout, "tables from publication %s: %s\n", f.Publication.Name, strings.Join(f.Publication.Tables, ", "))
+	}
 	fmt.Fprintf(stdout, "%s: keys for %d table(s): %s\n", DepsFile, len(f.Summary.Tables), strings.Join(f.Summary.Tables, ", "))
 	for _, c := range f.Summary.Commented {
 		fmt.Fprintf(stdout, "%s: left commented out: %s\n", DepsFile, c)
@@ -132,18 +184,21 @@ func Run(ctx context.Context, schema Schema, o Options, stdout io.Writer) error 
 		fmt.Fprintln(stdout, "note:", n)
 	}
 	cfg := filepath.Join(o.Dir, ConfigFile)
+	setup := "creates the publication (which needs the tables' owner: see walbust setup --print-sql)\n     and the replication slot (which keeps WAL until run reads it)"
+	if f.Publication != nil {
+		setup = fmt.Sprintf("finds publication %s (altered only where its tables differ from deps.yaml's, which\n     needs their owner) and creates the replication slot (which keeps WAL until run reads it)", f.Publication.Name)
+	}
 	fmt.Fprintf(stdout, `
 Next:
   1. Edit %s: make the keys the ones your application caches; the comments offer
      a list key for each foreign key and say which need REPLICA IDENTITY FULL.
-  2. walbust validate --config %s
-     checks deps.yaml against the database and Redis (until setup has run, it also
-     reports each table as not yet in the publication)
-  3. walbust setup --config %s
-     creates the publication and the replication slot (which keeps WAL until run reads it)
+  2. walbust setup --config %s
+     %s
+  3. walbust validate --config %s
+     checks deps.yaml against the database and Redis
   4. walbust run --config %s
      streams changes and invalidates keys
-`, filepath.Join(o.Dir, DepsFile), cfg, cfg, cfg)
+`, filepath.Join(o.Dir, DepsFile), cfg, setup, cfg, cfg)
 	return nil
 }
 

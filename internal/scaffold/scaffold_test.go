@@ -13,10 +13,26 @@ import (
 	"github.com/walbust/walbust/mapping"
 )
 
-// fakeSchema is a database made up in Go.
+// fakeSchema is a database made up in Go, without publications.
 type fakeSchema []Table
 
 func (f fakeSchema) Tables(context.Context) ([]Table, error) { return f, nil }
+
+func (f fakeSchema) Publication(context.Context, string) (*Publication, error) { return nil, nil }
+
+// withPublication is a made-up database with one publication.
+type withPublication struct {
+	fakeSchema
+	pub Publication
+}
+
+func (w withPublication) Publication(_ context.Context, name string) (*Publication, error) {
+	if name != w.pub.Name {
+		return nil, nil
+	}
+	p := w.pub
+	return &p, nil
+}
 
 func col(name, typ string) Column { return Column{Name: name, Type: typ, NotNull: true} }
 
@@ -273,10 +289,11 @@ func TestSelect(t *testing.T) {
 		{names: []string{"public.p_1"}, want: []string{"public.p_1"}},
 		{names: []string{"public.p", "public.p_1"}, err: "names both public.p and its partition public.p_1"},
 		{names: []string{"public.nope"}, err: "no ordinary or partitioned table public.nope"},
+		{names: []string{"orders"}, err: "--tables: "},
 		{names: []string{"orders"}, err: "must be schema-qualified"},
 	}
 	for _, c := range cases {
-		got, err := Select(all, c.names)
+		got, err := Select(all, c.names, "--tables")
 		if c.err != "" {
 			if err == nil || !strings.Contains(err.Error(), c.err) {
 				t.Errorf("Select(%q): error %v, want %q", c.names, err, c.err)
@@ -404,5 +421,99 @@ func TestWriteRefusesToOverwrite(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, DepsFile)); string(b) != f.Deps {
 		t.Errorf("with force, deps.yaml = %q", b)
+	}
+}
+
+// Without --tables, init writes rules for exactly the tables of the
+// configured publication when it exists and lists any, so that setup finds
+// it unchanged; else for every table. --tables still wins. What setup
+// would have to alter in the publication is said.
+func TestTablesFromPublication(t *testing.T) {
+	events := Table{Schema: "public", Name: "events", Partitioned: true, ReplicaIdentity: 'd',
+		Columns: []Column{col("id", "bigint"), col("day", "date")}, PrimaryKey: []string{"id", "day"}}
+	events2024 := events
+	events2024.Name, events2024.Partitioned, events2024.PartitionOf = "events_2024", false, "public.events"
+	db := fakeSchema{auditLog, categories, events, events2024, orders, products}
+	pub := func(name string, viaRoot bool, tables ...string) Schema {
+		return withPublication{db, Publication{Name: name, Tables: tables, ViaRoot: viaRoot}}
+	}
+	everyTable := []string{"public.categories", "public.events", "public.orders", "public.products"}
+	cases := []struct {
+		name        string
+		schema      Schema
+		publication string // configured; "" for the default, walbust
+		tables      []string
+		keyed       []string // tables deps.yaml has rules for
+		said        []string // in init's output
+		notSaid     []string
+	}{
+		{name: "no publication: every table", schema: db, keyed: everyTable,
+			said:    []string{"creates the publication (which needs the tables' owner"},
+			notSaid: []string{"tables from publication", "ALTER PUBLICATION"}},
+		{name: "a publication of some tables: exactly those", schema: pub("walbust", true, "public.orders", "public.products"),
+			keyed:   []string{"public.orders", "public.products"},
+			said:    []string{"tables from publication walbust: public.orders, public.products\n", "finds publication walbust"},
+			notSaid: []string{"ALTER PUBLICATION", "public.categories"}},
+		{name: "a partitioned table as published via its root", schema: pub("walbust", true, "public.events"),
+			keyed: []string{"public.events"}, said: []string{"tables from publication walbust: public.events\n"}, notSaid: []string{"events_2024", "ALTER PUBLICATION"}},
+		{name: "--tables wins over the publication", schema: pub("walbust", true, "public.orders"), tables: []string{"public.categories"},
+			keyed:   []string{"public.categories"},
+			said:    []string{"publication walbust lists public.orders but deps.yaml has keys for public.categories: walbust setup will ALTER PUBLICATION"},
+			notSaid: []string{"tables from publication"}},
+		{name: "a publication without tables: every table", schema: pub("walbust", true), keyed: everyTable,
+			said: []string{"publication walbust lists no tables but deps.yaml has keys for public.categories, public.events, public.orders, public.products"}, notSaid: []string{"tables from publication"}},
+		{name: "a published table init cannot key", schema: pub("walbust", true, "public.audit_log", "public.orders"),
+			keyed: []string{"public.orders"},
+			said: []string{"tables from publication walbust: public.audit_log, public.orders\n", "left commented out: public.audit_log",
+				"publication walbust lists public.audit_log, public.orders but deps.yaml has keys for public.orders: walbust setup will ALTER PUBLICATION"}},
+		{name: "the configured publication, not another", schema: pub("walbust", true, "public.orders"), publication: "shop", keyed: everyTable,
+			notSaid: []string{"tables from publication", "finds publication"}},
+		{name: "the configured publication by its name", schema: pub("shop", true, "public.orders"), publication: "shop", keyed: []string{"public.orders"},
+			said: []string{"tables from publication shop: public.orders\n", "finds publication shop"}},
+		{name: "a publication without publish_via_partition_root", schema: pub("walbust", false, "public.orders"), keyed: []string{"public.orders"},
+			said: []string{"tables from publication walbust: public.orders\n", `ALTER PUBLICATION "walbust" SET (publish_via_partition_root = true)`}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := SettingsFrom(config.Defaults())
+			if c.publication != "" {
+				s.Publication = c.publication
+			}
+			dir := t.TempDir()
+			var out strings.Builder
+			if err := Run(context.Background(), c.schema, Options{Settings: s, Tables: c.tables, Dir: dir}, &out); err != nil {
+				t.Fatal(err)
+			}
+			deps, err := os.ReadFile(filepath.Join(dir, DepsFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			reg, err := mapping.Parse(DepsFile, deps)
+			if err != nil {
+				t.Fatalf("deps.yaml does not load: %v\n%s", err, deps)
+			}
+			if got := reg.Names(); !slices.Equal(got, c.keyed) {
+				t.Errorf("deps.yaml has rules for %q, want %q\n%s", got, c.keyed, out.String())
+			}
+			for _, want := range c.said {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("output lacks %q:\n%s", want, out.String())
+				}
+			}
+			for _, not := range c.notSaid {
+				if strings.Contains(out.String(), not) {
+					t.Errorf("output says %q:\n%s", not, out.String())
+				}
+			}
+		})
+	}
+}
+
+// Names from a publication that Select refuses are blamed on the
+// publication, not on --tables.
+func TestSelectFromPublicationErrors(t *testing.T) {
+	_, err := Select([]Table{orders}, []string{"public.gone"}, "publication walbust")
+	if err == nil || !strings.Contains(err.Error(), "publication walbust: no ordinary or partitioned table public.gone") {
+		t.Errorf("error %v", err)
 	}
 }

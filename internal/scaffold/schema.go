@@ -5,10 +5,12 @@ package scaffold
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/walbust/walbust/replication"
 	"github.com/walbust/walbust/replication/wal"
 )
 
@@ -50,11 +52,25 @@ type ForeignKey struct {
 // QualifiedName is the table's name as deps.yaml writes it.
 func (t *Table) QualifiedName() string { return wal.QualifiedName(t.Schema, t.Name) }
 
+// Publication is an existing publication, as walbust setup compares it
+// with deps.yaml.
+type Publication struct {
+	Name string
+	// Tables are what pg_publication_tables lists, as sorted
+	// "schema.table": with ViaRoot, a partitioned table as itself (not
+	// its partitions).
+	Tables  []string
+	ViaRoot bool // publish_via_partition_root
+}
+
 // Schema reads the tables of a database.
 type Schema interface {
 	// Tables returns every ordinary and partitioned table outside the
 	// system schemas, partitions included.
 	Tables(ctx context.Context) ([]Table, error)
+	// Publication returns the publication of that name, or nil when
+	// there is none.
+	Publication(ctx context.Context, name string) (*Publication, error)
 }
 
 // Catalog reads the schema from pg_catalog over a connection.
@@ -181,6 +197,24 @@ func (c Catalog) Tables(ctx context.Context) ([]Table, error) {
 		return nil, fmt.Errorf("read foreign keys: %w", err)
 	}
 	return tables, nil
+}
+
+// Publication implements Schema. Its tables are read as walbust setup
+// reads them, so a deps.yaml of exactly these tables is the publication
+// setup finds unchanged.
+func (c Catalog) Publication(ctx context.Context, name string) (*Publication, error) {
+	p := &Publication{Name: name}
+	err := c.Conn.QueryRow(ctx, `SELECT pubviaroot FROM pg_publication WHERE pubname = $1`, name).Scan(&p.ViaRoot)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up publication %s: %w", name, err)
+	}
+	if p.Tables, err = replication.PublishedTables(ctx, c.Conn, name); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 func (c Catalog) each(ctx context.Context, sql string, oids []uint32, fn func(pgx.CollectableRow) error) error {
