@@ -13,6 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/walbust/walbust/internal/yamlnode"
+	"github.com/walbust/walbust/protocol"
 	"github.com/walbust/walbust/replication/wal"
 )
 
@@ -23,7 +24,7 @@ import (
 // retry) never overwrites a newer one. See docs/deps-yaml.md, "refresh".
 
 // LSNKey is where a refreshed key's commit LSN (and stale flag) lives.
-var LSNKey = KeyFormat{Suffix: ":lsn"}
+var LSNKey = KeyFormat{Suffix: protocol.RefreshLSNSuffix}
 
 // RefreshSpec is how a refresh rule builds the fresh value: from the row
 // (Row, or the Value template) or from the rule's Query (one row per key,
