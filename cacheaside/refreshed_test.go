@@ -69,6 +69,8 @@ func checkRefreshed(t *testing.T, rdb redis.UniversalClient, c *Client, key stri
 	expect("refresh failed", Refreshed{Value: []byte(`{"id":"1"}`), LSN: 0x100, Stale: true, StaleLSN: 0x200}, true)
 	walbustRefresh(t, rdb, script, key, "stale", 0x1_0000_0000, nil)
 	expect("failed again", Refreshed{Value: []byte(`{"id":"1"}`), LSN: 0x100, Stale: true, StaleLSN: 0x1_0000_0000}, true)
+	walbustRefresh(t, rdb, script, key, "set", 0x80, []byte("old"))
+	expect("an older change replayed", Refreshed{Value: []byte(`{"id":"1"}`), LSN: 0x100, Stale: true, StaleLSN: 0x1_0000_0000}, true)
 	walbustRefresh(t, rdb, script, key, "set", 0x1_0000_0010, []byte(`{"id":"1","v":"2"}`))
 	expect("recovered", Refreshed{Value: []byte(`{"id":"1","v":"2"}`), LSN: 0x1_0000_0010}, true)
 	walbustRefresh(t, rdb, script, key, "del", 0x1_0000_0020, []byte("null"))
