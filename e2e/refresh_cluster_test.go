@@ -157,6 +157,14 @@ func TestRefreshCluster(t *testing.T) {
 	if n := p.count(crossSlotWarning); n != 1 {
 		t.Errorf("%d log lines warn that a refreshed key and its LSN key are in different slots, want 1:\n%s", n, faultTail(p.log(), 30))
 	}
+	// ... and foretold at start, as walbust validate says it: the untagged
+	// key's rule, not the tagged one's.
+	if n := p.count(`\"plain:{id}\" cannot be refreshed: it has no hash tag`); n != 1 {
+		t.Errorf("%d start-up warnings name plain:{id} as not refreshable in cluster mode, want 1:\n%s", n, faultTail(p.log(), 30))
+	}
+	if n := p.count(`cannot be refreshed: it has no hash tag`); n != 1 {
+		t.Errorf("%d start-up warnings about refresh keys without a hash tag, want 1 (only plain:{id}):\n%s", n, faultTail(p.log(), 30))
+	}
 	if strings.Contains(p.log(), `"level":"error"`) {
 		t.Errorf("errors logged:\n%s", faultTail(p.log(), 20))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -277,4 +278,111 @@ func (r *bulkReaders) pass(n int) {
 		}()
 	}
 	wg.Wait()
+}
+
+// explainRefreshDeps adds a value template to refreshDeps's rules, so
+// explain shows all three sources of a refreshed value.
+const explainRefreshDeps = `version: 1
+tables:
+  public.products:
+    derived:
+      - keys: ["product:{id}"]
+        action: refresh
+        value: row
+        ttl: 1h
+        negative: {value: "null", ttl: 5m}
+      - keys: ["product:{id}:title"]
+        action: refresh
+        value: "{name} ({id})"
+        ttl: 10m
+      - keys: ["category:{category_id}:products"]
+        action: refresh
+        ttl: 1h
+        query: SELECT category_products($1) AS value
+        args: [category_id]
+  public.categories:
+    keys: ["category:{id}"]
+`
+
+// explain shows what refresh rules would write for a change: per key the
+// value's source (the row as JSON in table column order, the template
+// rendered, or the query and the arguments it would run with), the TTL,
+// the LSN key, and what a DELETE leaves; it writes nothing to Redis.
+func TestRefreshExplain(t *testing.T) {
+	e := newEnv(t, envOptions{seed: defaultSeed, deps: explainRefreshDeps, extraSchema: refreshSchema, noStart: true})
+	cached := []string{"product:1", "product:1:title", "category:1:products", "category:3:products"}
+	e.cache(cached...)
+	const dune = `{"id":1,"category_id":1,"name":"Dune","price_cents":999}`
+	lsn := func(key string) string { return ", commit LSN in " + key + ":lsn, only over an older one" }
+	query := func(key, arg string) string {
+		return `write the value of the query "SELECT category_products($1) AS value" with $1="` + arg +
+			`" (run after the commit, not by explain), ttl 1h0m0s ±10%` + lsn(key) +
+			"; no row or NULL: delete; query fails: the value stays, flagged stale in " + key + ":lsn"
+	}
+	cases := []struct {
+		name       string
+		args       []string
+		header     string
+		want       []regExplainLine
+		unrendered [][]string
+	}{{
+		name:   "update moving the product",
+		args:   []string{"--op", "update", "--old", dune, "--new", strings.Replace(dune, `"category_id":1`, `"category_id":3`, 1)},
+		header: "update public.products: 0 invalidation(s), 4 refreshed key(s), 0 rule(s) skipped, 0 lookup(s)",
+		want: []regExplainLine{
+			{"refresh", "key", "product:1", "deps.yaml:5:16", "derived[0]",
+				`write the row as JSON {"id":"1","category_id":"3","name":"Dune","price_cents":"999"}, ttl 1h0m0s ±10%` + lsn("product:1")},
+			{"refresh", "key", "product:1:title", "deps.yaml:10:16", "derived[1]",
+				`write "Dune (1)" (value "{name} ({id})"), ttl 10m0s ±10%` + lsn("product:1:title")},
+			{"refresh", "key", "category:1:products", "deps.yaml:14:16", "derived[2]", query("category:1:products", "1")},
+			{"refresh", "key", "category:3:products", "deps.yaml:14:16", "derived[2]", query("category:3:products", "3")},
+		},
+	}, {
+		name:   "delete",
+		args:   []string{"--op", "delete", "--old", dune},
+		header: "delete public.products: 0 invalidation(s), 3 refreshed key(s), 0 rule(s) skipped, 0 lookup(s)",
+		want: []regExplainLine{
+			{"refresh", "key", "product:1", "deps.yaml:5:16", "derived[0]", `the row was deleted: write the negative marker "null", ttl 5m0s` + lsn("product:1")},
+			{"refresh", "key", "product:1:title", "deps.yaml:10:16", "derived[1]", "the row was deleted: delete" + lsn("product:1:title")},
+			{"refresh", "key", "category:1:products", "deps.yaml:14:16", "derived[2]", query("category:1:products", "1")},
+		},
+	}, {
+		name:   "delete with only the key given",
+		args:   []string{"--op", "delete", "--old", `{"id":1}`},
+		header: "delete public.products: 0 invalidation(s), 2 refreshed key(s), 0 rule(s) skipped, 0 lookup(s)",
+		want: []regExplainLine{
+			{"refresh", "key", "product:1", "deps.yaml:5:16", "derived[0]", `the row was deleted: write the negative marker "null", ttl 5m0s` + lsn("product:1")},
+			{"refresh", "key", "product:1:title", "deps.yaml:10:16", "derived[1]", "the row was deleted: delete" + lsn("product:1:title")},
+		},
+		unrendered: [][]string{{"query arguments", "deps.yaml:17:16", "derived[2]", "missing from the old row: category_id"}},
+	}}
+	for _, c := range cases {
+		out, code := e.walbust("explain", append([]string{"--table", "public.products"}, c.args...)...)
+		if code != 0 {
+			t.Errorf("%s: walbust explain exited %d:\n%s", c.name, code, out)
+			continue
+		}
+		if !strings.Contains(out, c.header+"\n") {
+			t.Errorf("%s: explain output lacks the summary %q:\n%s", c.name, c.header, out)
+		}
+		if got := regParseExplain(out); !slices.Equal(got, c.want) {
+			t.Errorf("%s: explain printed\n%s\nwant the lines (in order)\n%q\ngot %q", c.name, out, c.want, got)
+		}
+	next:
+		for _, words := range c.unrendered {
+			for _, line := range strings.Split(out, "\n") {
+				if regContainsAll(line, words) {
+					continue next
+				}
+			}
+			t.Errorf("%s: explain output has no line naming the unrendered key with %q:\n%s", c.name, words, out)
+		}
+	}
+	// Nothing in Redis changed: no value written, no LSN key made.
+	e.regAssertKeys(cached...)
+	for _, k := range cached {
+		if v, _ := e.regGet(k); v != "cached" {
+			t.Errorf("%s = %q after explain, want it untouched", k, v)
+		}
+	}
 }

@@ -226,11 +226,7 @@ func (m *Mapper) recordLookups(plan *Plan, b *binding, r *Rule, images []*image)
 		if !complete {
 			plan.Unrendered++
 			if plan.Explain {
-				names := make([]string, len(r.Query.Args))
-				for i, a := range r.Query.Args {
-					names[i] = a.Name
-				}
-				plan.noteUnrendered(nil, r, img, names)
+				plan.noteUnrendered(nil, r, img, r.Query.argNames())
 			}
 			continue
 		}

@@ -13,6 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/walbust/walbust/internal/yamlnode"
+	"github.com/walbust/walbust/protocol"
 	"github.com/walbust/walbust/replication/wal"
 )
 
@@ -23,7 +24,7 @@ import (
 // retry) never overwrites a newer one. See docs/deps-yaml.md, "refresh".
 
 // LSNKey is where a refreshed key's commit LSN (and stale flag) lives.
-var LSNKey = KeyFormat{Suffix: ":lsn"}
+var LSNKey = KeyFormat{Suffix: protocol.RefreshLSNSuffix}
 
 // RefreshSpec is how a refresh rule builds the fresh value: from the row
 // (Row, or the Value template) or from the rule's Query (one row per key,
@@ -47,8 +48,12 @@ type RefreshOp uint8
 
 // Refresh operations.
 const (
+	// RefreshQuery: the value is the rule's query's, which has yet to run
+	// (RunRefreshQueries decides the operation). Only ExplainRefreshes
+	// returns it.
+	RefreshQuery RefreshOp = iota
 	// RefreshSet writes Value (TTL) and the LSN key, if the LSN is newer.
-	RefreshSet RefreshOp = iota + 1
+	RefreshSet
 	// RefreshRemove deletes the key (or writes the negative marker) and
 	// records the LSN, if newer, so an older write cannot bring it back.
 	RefreshRemove
@@ -75,6 +80,7 @@ type RefreshWrite struct {
 	Value    []byte // RefreshSet: the value; RefreshRemove with Negative: the marker
 	Negative bool
 	Err      error // RefreshStale: why the value could not be built
+	Args     []any // RefreshQuery: the arguments ($1..$n) the query will run with; nil is NULL
 }
 
 var refreshFields = []string{"action", "value", "ttl", "negative"}
@@ -292,9 +298,21 @@ func (p *Plan) Refreshes() int { return len(p.refresh.items) }
 // AppendRefreshes appends the plan's refreshes as invalidations (Action
 // Refresh, Refresh set). Refreshes whose query has not run are left out.
 func (p *Plan) AppendRefreshes(dst []Invalidation) []Invalidation {
+	return p.appendRefreshes(dst, false)
+}
+
+// ExplainRefreshes is every refresh of the plan as AppendRefreshes makes
+// them, in the order first derived, with those whose query has yet to run
+// too: their Refresh.Op is RefreshQuery and Refresh.Args holds the
+// arguments it will run with (walbust explain).
+func (p *Plan) ExplainRefreshes() []Invalidation {
+	return p.appendRefreshes(nil, true)
+}
+
+func (p *Plan) appendRefreshes(dst []Invalidation, pending bool) []Invalidation {
 	for i := range p.refresh.items {
 		it := &p.refresh.items[i]
-		if it.op == 0 {
+		if it.op == RefreshQuery && !pending {
 			continue
 		}
 		spec := it.tmpl.rule.Refresh
@@ -302,6 +320,9 @@ func (p *Plan) AppendRefreshes(dst []Invalidation) []Invalidation {
 			Action: Refresh, Key: it.key, Version: it.version, Aux: LSNKey, TTL: spec.TTL,
 			Table: it.tmpl.table.Name, Rule: it.tmpl.rule, Template: it.tmpl,
 			Refresh: &RefreshWrite{Op: it.op, Value: it.value, Err: it.err},
+		}
+		if it.op == RefreshQuery {
+			inv.Refresh.Args = it.args
 		}
 		if it.op == RefreshRemove && spec.Negative != nil {
 			inv.Refresh.Value, inv.Refresh.Negative = []byte(spec.Negative.Value), true
@@ -329,9 +350,12 @@ func (m *Mapper) mapRefresh(plan *Plan, b *binding, c *wal.Change, r *Rule, imag
 			var complete bool
 			if args, argsKey, complete = queryArgs(r, img); !complete {
 				plan.Unrendered++
+				if plan.Explain {
+					plan.noteUnrendered(nil, r, img, r.Query.argNames())
+				}
 				continue
 			}
-			op = 0
+			op = RefreshQuery
 		case !img.old:
 			var ok bool
 			if value, ok = renderValue(spec, b, c); ok {
@@ -507,7 +531,7 @@ func (m *Mapper) RunRefreshQueries(ctx context.Context, plan *Plan, limit int) (
 	byKey := map[gkey]*group{}
 	for i := range plan.refresh.items {
 		it := &plan.refresh.items[i]
-		if it.op != 0 {
+		if it.op != RefreshQuery {
 			continue
 		}
 		k := gkey{it.tmpl.rule, it.argsKey}

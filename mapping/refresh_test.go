@@ -444,3 +444,39 @@ func TestRefreshIdentityGaps(t *testing.T) {
 		t.Errorf("gaps %q, want %q", names, want)
 	}
 }
+
+// ExplainRefreshes lists every refreshed key, a query rule's with the
+// arguments its query will run with (it has not run), and an explaining
+// plan notes the query arguments a row did not send.
+func TestExplainRefreshes(t *testing.T) {
+	reg := mustParse(t, refreshDeps)
+	m := mapping.NewMapper(reg, nil)
+	plan := mapping.Plan{Explain: true}
+	m.MapChange(&wal.Change{Op: wal.Update, Relation: refreshRel,
+		Old: row(txt("1"), txt("1"), txt("a")), New: row(txt("1"), null, txt("b"))}, &plan)
+	var got []string
+	for _, inv := range plan.ExplainRefreshes() {
+		got = append(got, fmt.Sprintf("%s %s %s ttl=%s value=%s args=%v", inv.Refresh.Op, inv.Key, inv.Rule.Name, inv.TTL, inv.Refresh.Value, inv.Refresh.Args))
+	}
+	want := []string{
+		`set product:1 derived[0] ttl=10m0s value={"id":"1","category_id":null,"name":"b"} args=[]`,
+		`set product:1:name derived[1] ttl=1h0m0s value=b (1) args=[]`,
+		`query category:1:products derived[2] ttl=5m0s value= args=[1]`,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("ExplainRefreshes:\n got %q\nwant %q", got, want)
+	}
+	if n := len(plan.AppendRefreshes(nil)); n != 2 {
+		t.Errorf("AppendRefreshes has %d refreshes, want the 2 whose value is known", n)
+	}
+
+	// A delete whose old row lacks the query's argument: noted.
+	plan = mapping.Plan{Explain: true}
+	m.MapChange(&wal.Change{Op: wal.Delete, Relation: refreshRel, Old: []wal.Value{txt("1"), {Kind: wal.Missing}, {Kind: wal.Missing}}}, &plan)
+	if plan.Unrendered != 1 || len(plan.UnrenderedKeys) != 1 {
+		t.Fatalf("Unrendered %d, %+v; want the query's arguments", plan.Unrendered, plan.UnrenderedKeys)
+	}
+	if u := plan.UnrenderedKeys[0]; u.Template != nil || u.Rule.Name != "derived[2]" || u.Image != "old" || !reflect.DeepEqual(u.Missing, []string{"category_id"}) {
+		t.Errorf("unrendered %+v", u)
+	}
+}

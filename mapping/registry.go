@@ -72,6 +72,15 @@ type Query struct {
 	Args []Ref // row columns bound to $1..$n
 }
 
+// argNames are the columns the query's arguments are taken from.
+func (q *Query) argNames() []string {
+	names := make([]string, len(q.Args))
+	for i, a := range q.Args {
+		names[i] = a.Name
+	}
+	return names
+}
+
 // Ref is a column name and where deps.yaml names it.
 type Ref struct {
 	Position

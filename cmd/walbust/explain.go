@@ -183,7 +183,12 @@ func printPlan(w io.Writer, file, table string, op wal.Op, note string, plan *ma
 	if note != "" {
 		fmt.Fprintln(w, note)
 	}
-	fmt.Fprintf(w, "%s %s: %d invalidation(s), %d rule(s) skipped, %d lookup(s)\n", op, table, plan.Len(), plan.Skipped, plan.Lookups)
+	refreshes := plan.ExplainRefreshes()
+	refreshed := ""
+	if len(refreshes) > 0 {
+		refreshed = fmt.Sprintf(", %d refreshed key(s)", len(refreshes))
+	}
+	fmt.Fprintf(w, "%s %s: %d invalidation(s)%s, %d rule(s) skipped, %d lookup(s)\n", op, table, plan.Len(), refreshed, plan.Skipped, plan.Lookups)
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	for _, inv := range plan.Invalidations() {
 		kind := "key"
@@ -200,6 +205,9 @@ func printPlan(w io.Writer, file, table string, op wal.Op, note string, plan *ma
 			detail = fmt.Sprintf("replace with a tombstone of the commit LSN for %s", inv.TTL)
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s:%d:%d\t%s\t%s\n", inv.Action, kind, inv.Key, file, inv.Template.Line, inv.Template.Column, inv.Rule.Name, detail)
+	}
+	for _, inv := range refreshes {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s:%d:%d\t%s\t%s\n", inv.Action, "key", inv.Key, file, inv.Template.Line, inv.Template.Column, inv.Rule.Name, refreshDetail(op, inv))
 	}
 	tw.Flush()
 	for _, inv := range plan.Invalidations() {
@@ -225,4 +233,51 @@ func printPlan(w io.Writer, file, table string, op wal.Op, note string, plan *ma
 	for _, p := range plan.Problems {
 		fmt.Fprintln(w, "problem:", p.Msg)
 	}
+}
+
+// refreshDetail says what a refresh writes to its key and where the value
+// comes from: the row as JSON, the value template rendered over the row,
+// or the rule's query with the arguments it would run with (explain does
+// not run it: the value is only written by run, after the commit).
+func refreshDetail(op wal.Op, inv mapping.Invalidation) string {
+	w, spec := inv.Refresh, inv.Rule.Refresh
+	lsn := fmt.Sprintf("commit LSN in %s, only over an older one", inv.Aux.For(inv.Key))
+	ttl := fmt.Sprintf("ttl %s ±10%%", inv.TTL)
+	gone := "delete"
+	if spec.Negative != nil {
+		gone = fmt.Sprintf("write the negative marker %q with ttl %s", spec.Negative.Value, spec.Negative.TTL)
+	}
+	switch w.Op {
+	case mapping.RefreshSet:
+		from := fmt.Sprintf("the row as JSON %s", w.Value)
+		if spec.Value != nil {
+			from = fmt.Sprintf("%q (value %q)", w.Value, spec.Value.Source)
+		}
+		return fmt.Sprintf("write %s, %s, %s", from, ttl, lsn)
+	case mapping.RefreshRemove:
+		why := "no new value for this key (the row moved to another key, or its value could not be built)"
+		if op == wal.Delete {
+			why = "the row was deleted"
+		}
+		if w.Negative {
+			return fmt.Sprintf("%s: write the negative marker %q, ttl %s, %s", why, w.Value, inv.TTL, lsn)
+		}
+		return fmt.Sprintf("%s: delete, %s", why, lsn)
+	case mapping.RefreshQuery:
+		q := inv.Rule.Query
+		args := make([]string, len(w.Args))
+		for i, a := range w.Args {
+			args[i] = fmt.Sprintf("$%d=NULL", i+1)
+			if a != nil {
+				args[i] = fmt.Sprintf("$%d=%q", i+1, a)
+			}
+		}
+		with := ""
+		if len(args) > 0 {
+			with = " with " + strings.Join(args, ", ")
+		}
+		return fmt.Sprintf("write the value of the query %q%s (run after the commit, not by explain), %s, %s; no row or NULL: %s; query fails: the value stays, flagged stale in %s",
+			strings.Join(strings.Fields(q.SQL), " "), with, ttl, lsn, gone, inv.Aux.For(inv.Key))
+	}
+	return w.Op.String()
 }

@@ -133,8 +133,7 @@ func checkQuery(ctx context.Context, conn *pgx.Conn, file, table string, r *mapp
 		at(q.Position, "%s %s: query takes %d parameter(s) but args lists %d", table, r.Name, len(desc.ParamOIDs), len(q.Args))
 	}
 	if err := checkQueryPrivileges(ctx, conn, q.SQL, len(desc.ParamOIDs)); err != nil {
-		at(q.Position, "%s %s: walbust's role may not run this query, so every change of every table would stall behind it: %v "+
-			"(fix: GRANT SELECT ON each table it reads TO the role in postgres.url)", table, r.Name, err)
+		at(q.Position, "%s", privilegeProblem(table, r, err))
 	}
 	have := map[string]bool{}
 	var names []string
@@ -159,6 +158,22 @@ func checkQuery(ctx context.Context, conn *pgx.Conn, file, table string, r *mapp
 		}
 	}
 	return ps
+}
+
+// privilegeProblem says what a query walbust's role may not run costs,
+// which depends on the rule: a lookup that fails stalls the stream (its
+// keys could not be invalidated at all), a refresh query that fails flags
+// its keys' values stale and the stream goes on (docs/deps-yaml.md,
+// "refresh").
+func privilegeProblem(table string, r *mapping.Rule, err error) string {
+	const fix = "(fix: GRANT SELECT ON each table it reads TO the role in postgres.url)"
+	if r.Refresh != nil {
+		return fmt.Sprintf("%s %s: walbust's role may not run this refresh query, so its keys would never be refreshed: "+
+			"every change of their rows would leave the cached value as it is, flagged stale in {key}:lsn, until its ttl (%s) expires; "+
+			"the stream does not stall: %v %s", table, r.Name, r.Refresh.TTL, err, fix)
+	}
+	return fmt.Sprintf("%s %s: walbust's role may not run this lookup query, so every change of every table would stall behind it: %v %s",
+		table, r.Name, err, fix)
 }
 
 // checkQueryPrivileges plans sql with NULL arguments. PREPARE does not

@@ -8,9 +8,12 @@ import {
   isStale,
   lease as leaseString,
   formatLsn,
+  hasHashTag,
   newToken,
   parseDecimal,
   parseLsn,
+  parseRefreshMark,
+  refreshLsnKey,
   pastPageHeader,
   settledKey,
   tombstone,
@@ -102,6 +105,36 @@ export class BadPositionError extends Error {
     super("walbust-cache: walbust's settled position is not an LSN");
     this.name = 'BadPositionError';
   }
+}
+
+/**
+ * getRefreshed on a Redis Cluster of a key without a hash tag: it and its
+ * LSN key are in different slots, so no single command reads both, and
+ * walbust does not refresh such a key at all (it removes it instead;
+ * `walbust validate` warns about the rule).
+ */
+export class NoHashTagError extends Error {
+  constructor(readonly key: string) {
+    super(
+      `walbust-cache: ${JSON.stringify(key)} has no hash tag, so it and its LSN key are in different cluster slots (give the deps.yaml key one, e.g. "{{product:{id}}}")`,
+    );
+    this.name = 'NoHashTagError';
+  }
+}
+
+/** A key under walbust's refresh action (deps.yaml `action: refresh`), as getRefreshed read it. */
+export interface Refreshed {
+  /** Exactly what the key holds: walbust's value, its negative marker, or a reader's SET NX fill. */
+  value: Buffer;
+  /** Commit LSN of the value; 0n for a reader's fill. */
+  lsn: bigint;
+  /**
+   * A later change's refresh query failed: the value is older than that
+   * change. Treat it as a miss, or serve it and refresh in the background.
+   */
+  stale: boolean;
+  /** The newest change whose refresh failed, when stale (else 0n). */
+  staleLsn: bigint;
 }
 
 const MAX_U64 = (1n << 64n) - 1n;
@@ -276,6 +309,23 @@ export class CacheClient {
     }
     const dataKey = this.options.versionedKey.replace('{key}', key).replace('{version}', version.toString());
     return this.read(dataKey, key, loader, opts, version, { key, versioned: true, mark });
+  }
+
+  /**
+   * Reads a key under walbust's refresh action (deps.yaml `action:
+   * refresh`) and its LSN key in one round trip, MGET key key:lsn; null
+   * when the key is absent (never cached, deleted by walbust, or expired).
+   * `stale` says whether a later change's refresh query failed. It neither
+   * loads nor fills (those keys hold plain values, not envelopes): fill a
+   * miss with SET key value NX PX ttl, which never replaces a value walbust
+   * wrote meanwhile. On a Cluster, a key without a hash tag rejects with a
+   * NoHashTagError before any round trip.
+   */
+  async getRefreshed(key: string): Promise<Refreshed | null> {
+    if ((this.redis as Cluster).isCluster && !hasHashTag(key)) throw new NoHashTagError(key);
+    const [value, mark] = await this.redis.mgetBuffer(key, refreshLsnKey(key));
+    if (value === null) return null;
+    return { value, ...parseRefreshMark(mark) };
   }
 
   /**

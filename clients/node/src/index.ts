@@ -1,5 +1,5 @@
-export { BadPositionError, CacheClient, LoadError, NotFoundError, WaitTimeoutError, MAX_FILL_ATTEMPTS } from './client';
-export type { GetOptions, LoadContext, Loader, Stats, WaitAppliedOptions } from './client';
+export { BadPositionError, CacheClient, LoadError, NoHashTagError, NotFoundError, WaitTimeoutError, MAX_FILL_ATTEMPTS } from './client';
+export type { GetOptions, LoadContext, Loader, Refreshed, Stats, WaitAppliedOptions } from './client';
 export type { CacheOptions, L1Options, ResolvedOptions, WaitOptions } from './options';
 export { resolveOptions, jitter } from './options';
 export { LUA_DIR, Script, scripts } from './scripts';
@@ -17,10 +17,14 @@ export {
   parseLease,
   parseLsn,
   formatLsn,
+  hasHashTag,
+  parseRefreshMark,
+  refreshLsnKey,
+  REFRESH_LSN_SUFFIX,
   parseTombstone,
   pastPageHeader,
   settledKey,
   tombstone,
   match,
 } from './protocol';
-export type { Content, Envelope, Fence, Kind, WalbustEvent } from './protocol';
+export type { Content, Envelope, Fence, Kind, RefreshMark, WalbustEvent } from './protocol';

@@ -58,6 +58,64 @@ export function formatLsn(lsn: bigint): string {
   return `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
 }
 
+// Refreshed keys (deps.yaml action: refresh). A refreshed key holds exactly
+// its value, no envelope. Next to it, refreshLsnKey(key) holds the value's
+// commit LSN in X/Y form, followed by " stale <lsn>" while the value is
+// stale (a later change's value query failed): "16/B374D848",
+// "16/B374D848 stale 16/B3750000", or "0/0 stale ..." for a value a reader
+// cached. walbust writes both in one script, so in a Redis Cluster the key
+// needs a hash tag (hasHashTag), as does a reader's MGET of the two.
+// (Go: protocol.ParseRefreshMark.)
+
+/** Appended to a refreshed key to name its LSN key. */
+export const REFRESH_LSN_SUFFIX = ':lsn';
+
+/** Where walbust keeps the commit LSN and stale flag of a key it refreshes: key + ":lsn". */
+export function refreshLsnKey(key: string): string {
+  return key + REFRESH_LSN_SUFFIX;
+}
+
+/** What a refreshed key's LSN key says. */
+export interface RefreshMark {
+  /** Commit LSN of the value; 0n when there is no LSN key, or the flagged value was a reader's. */
+  lsn: bigint;
+  /** A later change's refresh failed: the value is older than that change. */
+  stale: boolean;
+  /** The newest change whose refresh failed, when stale (else 0n). */
+  staleLsn: bigint;
+}
+
+function lenientLsn(s: string): bigint {
+  try {
+    return parseLsn(s);
+  } catch {
+    return 0n;
+  }
+}
+
+/**
+ * Reads an LSN key's text (null: absent). As lenient as walbust's script:
+ * what does not parse as an LSN counts as 0/0, and the value is stale
+ * whenever the text holds " stale ".
+ */
+export function parseRefreshMark(raw: string | Buffer | null): RefreshMark {
+  if (raw === null) return { lsn: 0n, stale: false, staleLsn: 0n };
+  const s = typeof raw === 'string' ? raw : raw.toString('latin1');
+  const i = s.indexOf(' stale ');
+  if (i < 0) return { lsn: lenientLsn(s), stale: false, staleLsn: 0n };
+  return { lsn: lenientLsn(s.slice(0, i)), stale: true, staleLsn: lenientLsn(s.slice(i + ' stale '.length)) };
+}
+
+/**
+ * Whether key carries a Redis Cluster hash tag: a non-empty text between
+ * its first '{' and the next '}', which alone decides its slot, so that key
+ * and refreshLsnKey(key) share one.
+ */
+export function hasHashTag(key: string): boolean {
+  const open = key.indexOf('{');
+  return open >= 0 && key.indexOf('}', open + 1) > open + 1;
+}
+
 /**
  * The key where walbust records how far it has applied slot's changes (an
  * LSN in X/Y form).

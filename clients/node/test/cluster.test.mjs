@@ -4,8 +4,8 @@
 // any node reaches it.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { CacheClient, decode, protocol } from '../dist/index.js';
-import { startCluster, walbustFence, eventually, counting, sleep } from './helpers.mjs';
+import { CacheClient, NoHashTagError, decode, protocol } from '../dist/index.js';
+import { startCluster, walbustFence, eventually, counting, sleep, checkRefreshedStory } from './helpers.mjs';
 
 let cl;
 let rdb;
@@ -109,5 +109,17 @@ test('cluster: L1 fed from any node, emptied when its subscription is killed', a
   } finally {
     await c.close();
     conn.disconnect();
+  }
+});
+
+test('cluster: getRefreshed reads a tagged key and its LSN key on their one slot; refuses a key without a tag', async () => {
+  const c = new CacheClient(rdb);
+  try {
+    await checkRefreshedStory(rdb, c, '{product:1}');
+    await checkRefreshedStory(rdb, c, 'category:{7}:products');
+    await rdb.set('product:1', 'filled');
+    await assert.rejects(c.getRefreshed('product:1'), NoHashTagError);
+  } finally {
+    await c.close();
   }
 });

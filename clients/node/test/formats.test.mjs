@@ -260,3 +260,35 @@ test('pastPageHeader maps an LSN just past a WAL page header to the boundary', (
     assert.equal(protocol.pastPageHeader(lsn, blk, seg), want, protocol.formatLsn(lsn));
   }
 });
+
+// The vectors of Go's TestRefreshMark and TestHasHashTag (protocol/refresh_test.go).
+test('refresh LSN key: mark and hash tag', () => {
+  const m = (lsn = 0n, stale = false, staleLsn = 0n) => ({ lsn, stale, staleLsn });
+  for (const [raw, want] of [
+    [null, m()],
+    ['', m()],
+    ['16/B374D848', m(0x16b374d848n)],
+    ['0/1', m(1n)],
+    [Buffer.from('16/B374D848 stale 16/B3750000'), m(0x16b374d848n, true, 0x16b3750000n)],
+    ['0/0 stale 1/0', m(0n, true, 1n << 32n)],
+    ['garbage', m()],
+    ['garbage stale 0/10', m(0n, true, 0x10n)],
+    ['FFFFFFFF/FFFFFFFF', m(MAX_U64)],
+  ]) {
+    assert.deepEqual(protocol.parseRefreshMark(raw), want, String(raw));
+  }
+  assert.equal(protocol.refreshLsnKey('{product:42}'), '{product:42}:lsn');
+  for (const [key, want] of Object.entries({
+    '{product:42}': true,
+    'user:{5}:profile': true,
+    '{user}:5': true,
+    'product:42': false,
+    '{}product:42': false,
+    'product:{42': false,
+    'a}b{c}': true,
+    '{}{x}': false,
+    'category:{{1}}:xs': true,
+  })) {
+    assert.equal(protocol.hasHashTag(key), want, key);
+  }
+});

@@ -2,14 +2,16 @@
 // 3-node Cluster) on free loopback ports; the walbust sandbox's Redis is
 // only for walbust.test.mjs.
 import { spawn, execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { Redis, Cluster } from 'ioredis';
-import { scripts, newToken } from '../dist/index.js';
+import assert from 'node:assert/strict';
+import { scripts, newToken, formatLsn, refreshLsnKey } from '../dist/index.js';
 
 const run = promisify(execFile);
 const REDIS_SERVER = process.env.REDIS_SERVER || 'redis-server';
@@ -155,4 +157,43 @@ export function counting(next) {
   l.calls = 0;
   l.last = undefined;
   return l;
+}
+
+// walbust's own refresh script (invalidator/lua/refresh.lua): tests play
+// walbust with it, so what they read is what the daemon writes.
+const REFRESH_LUA = readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'invalidator', 'lua', 'refresh.lua'), 'utf8');
+const HOUR_MS = '3600000';
+
+/** What walbust's refresh action does to key for a change at lsn: op set, del or stale. */
+export async function walbustRefresh(rdb, key, op, lsn, value = null) {
+  const args = [op, formatLsn(lsn), HOUR_MS];
+  if (value !== null) args.push(value);
+  return rdb.eval(REFRESH_LUA, 2, key, refreshLsnKey(key), ...args);
+}
+
+/**
+ * One refreshed key's story through getRefreshed: a reader's fill, walbust's
+ * writes, failed refreshes (stale), a replayed older change, recovery, and a
+ * DELETE with and without the negative marker. The twin of Go's
+ * checkRefreshed (cacheaside/refreshed_test.go).
+ */
+export async function checkRefreshedStory(rdb, c, key) {
+  const r = (value, lsn = 0n, stale = false, staleLsn = 0n) => ({ value: Buffer.from(value), lsn, stale, staleLsn });
+  const story = [
+    ['never cached', null, 0n, null, null],
+    ["a reader's fill", 'fill', 0n, 'filled', r('filled')],
+    ["a reader's fill flagged stale", 'stale', 0x50n, null, r('filled', 0n, true, 0x50n)],
+    ['refreshed', 'set', 0x100n, '{"id":"1"}', r('{"id":"1"}', 0x100n)],
+    ['refresh failed', 'stale', 0x200n, null, r('{"id":"1"}', 0x100n, true, 0x200n)],
+    ['failed again', 'stale', 0x1_0000_0000n, null, r('{"id":"1"}', 0x100n, true, 0x1_0000_0000n)],
+    ['an older change replayed', 'set', 0x80n, 'old', r('{"id":"1"}', 0x100n, true, 0x1_0000_0000n)],
+    ['recovered', 'set', 0x1_0000_0010n, 'v2', r('v2', 0x1_0000_0010n)],
+    ['deleted, negative marker', 'del', 0x1_0000_0020n, 'null', r('null', 0x1_0000_0020n)],
+    ['deleted', 'del', 0x1_0000_0040n, null, null],
+  ];
+  for (const [name, op, lsn, value, want] of story) {
+    if (op === 'fill') await rdb.set(key, value, 'PX', HOUR_MS, 'NX');
+    else if (op !== null) await walbustRefresh(rdb, key, op, lsn, value);
+    assert.deepEqual(await c.getRefreshed(key), want, name);
+  }
 }

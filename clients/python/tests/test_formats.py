@@ -292,3 +292,28 @@ def test_event_json_is_json():
     # What we marshal is what any JSON reader reads.
     ev = Event(7, ["k\u00e9", "<a&b>"], ["p*"])
     assert json.loads(ev.marshal()) == {"lsn": "0/7", "keys": ["k\u00e9", "<a&b>"], "patterns": ["p*"]}
+
+
+# The vectors of Go's TestRefreshMark and TestHasHashTag (protocol/refresh_test.go).
+@pytest.mark.parametrize("raw,want", [
+    (None, p.RefreshMark()),
+    ("", p.RefreshMark()),
+    ("16/B374D848", p.RefreshMark(0x16_B374D848)),
+    ("0/1", p.RefreshMark(1)),
+    (b"16/B374D848 stale 16/B3750000", p.RefreshMark(0x16_B374D848, True, 0x16_B3750000)),
+    ("0/0 stale 1/0", p.RefreshMark(0, True, 1 << 32)),
+    ("garbage", p.RefreshMark()),
+    ("garbage stale 0/10", p.RefreshMark(0, True, 0x10)),
+    ("FFFFFFFF/FFFFFFFF", p.RefreshMark(MAX_U64)),
+])
+def test_refresh_mark(raw, want):
+    assert p.parse_refresh_mark(raw) == want
+
+
+def test_refresh_lsn_key_and_hash_tag():
+    assert p.refresh_lsn_key("{product:42}") == "{product:42}:lsn"
+    for key, want in {
+        "{product:42}": True, "user:{5}:profile": True, "{user}:5": True, "product:42": False,
+        "{}product:42": False, "product:{42": False, "a}b{c}": True, "{}{x}": False, "category:{{1}}:xs": True,
+    }.items():
+        assert p.has_hash_tag(key) is want, key

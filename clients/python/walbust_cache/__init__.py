@@ -9,7 +9,8 @@ docs/caching.md) with the same Lua scripts as the Go client ``cacheaside``.
 
 from .aio import AsyncClient, AsyncLoader
 from .client import Client, Loader
-from .options import BadPosition, KeyFormat, L1Options, NotFound, Observation, Options, Stats, WaitOptions
+from .options import (BadPosition, KeyFormat, L1Options, NoHashTag, NotFound, Observation, Options, Refreshed, Stats,
+                      WaitOptions)
 from .protocol import DEFAULT_EVENTS_CHANNEL, Content, Envelope, Event, Fence, Kind, ProtocolError
 
 __version__ = "0.1.0"
@@ -28,10 +29,12 @@ __all__ = [
     "Kind",
     "L1Options",
     "Loader",
+    "NoHashTag",
     "NotFound",
     "Observation",
     "Options",
     "ProtocolError",
+    "Refreshed",
     "Stats",
     "WaitOptions",
 ]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 from typing import Any, Optional, Tuple
 
-from .options import BadPosition, KeyFormat, NotFound, Options, Result, jitter
-from .protocol import Envelope, Event, ProtocolError, format_pg_lsn, new_token, now_ms, parse_pg_lsn
+from .options import BadPosition, KeyFormat, NoHashTag, NotFound, Options, Refreshed, Result, jitter
+from .protocol import (Envelope, Event, ProtocolError, format_pg_lsn, has_hash_tag, new_token, now_ms, parse_pg_lsn,
+                       parse_refresh_mark, refresh_lsn_key)
 
 # How often one fill starts over because a fence landed while it loaded:
 # the value it loaded may predate that write.
@@ -155,3 +156,38 @@ def raise_wait_timeout(lsn: int, err: Optional[BaseException]) -> None:
         raise err
     raise TimeoutError(f"walbust_cache: walbust has not applied up to {format_pg_lsn(lsn)} yet"
                        + (f" (reading its position: {err})" if err is not None else "")) from err
+
+
+# --- refreshed keys (get_refreshed) ---------------------------------------------
+
+
+def is_cluster(rdb: Any) -> bool:
+    """Whether rdb is redis-py's RedisCluster, sync or asyncio."""
+    try:
+        from redis.cluster import RedisCluster
+        if isinstance(rdb, RedisCluster):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+        return isinstance(rdb, AsyncRedisCluster)
+    except ImportError:  # pragma: no cover - redis-py without asyncio cluster
+        return False
+
+
+def refreshed_keys(rdb: Any, key: str) -> Tuple[str, str]:
+    """The two keys get_refreshed reads with one MGET; NoHashTag on a
+    cluster when they cannot share a slot."""
+    if is_cluster(rdb) and not has_hash_tag(key):
+        raise NoHashTag(key)
+    return key, refresh_lsn_key(key)
+
+
+def refreshed(values: Any) -> Optional[Refreshed]:
+    """MGET key key:lsn's reply as get_refreshed returns it."""
+    value, mark = values
+    if value is None:
+        return None
+    m = parse_refresh_mark(mark)
+    return Refreshed(bytes(value), m.lsn, m.stale, m.stale_lsn)

@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable, Dict, Optional, Set, Union
 
 from . import _common as c
 from .l1 import L1
-from .options import Counters, NotFound, Observation, Options, Result, Stats
+from .options import Counters, NotFound, Observation, Options, Refreshed, Result, Stats
 from .protocol import Envelope, Event, Kind, ProtocolError, decode, lease, new_token, settled_key, tombstone
 from .scripts import CAS, FENCE, LEASE, lease_reply
 
@@ -289,6 +289,18 @@ class AsyncClient:
                 self._reval.pop(key, None)
 
         self._reval[key] = asyncio.ensure_future(run())
+
+    async def get_refreshed(self, key: str) -> Optional[Refreshed]:
+        """Read a key under walbust's refresh action (deps.yaml ``action:
+        refresh``) and its LSN key in one round trip, ``MGET key key:lsn``;
+        None when the key is absent (never cached, deleted by walbust, or
+        expired). The :class:`Refreshed` says whether the value is stale: a
+        later change's refresh query failed. It neither loads nor fills
+        (those keys hold plain values, not envelopes): fill a miss with
+        ``SET key value NX PX ttl``, which never replaces a value walbust
+        wrote meanwhile. On a Redis Cluster a key without a hash tag raises
+        :class:`NoHashTag` before any round trip."""
+        return c.refreshed(await self.redis.mget(c.refreshed_keys(self.redis, key)))
 
     # --- writes ------------------------------------------------------------
 

@@ -9,8 +9,8 @@ from typing import Any, Dict, Optional
 
 from .protocol import DEFAULT_EVENTS_CHANNEL, ProtocolError
 
-__all__ = ["Options", "L1Options", "WaitOptions", "BadPosition", "NotFound", "Observation", "Stats", "KeyFormat",
-           "jitter"]
+__all__ = ["Options", "L1Options", "WaitOptions", "BadPosition", "NotFound", "NoHashTag", "Observation", "Refreshed",
+           "Stats", "KeyFormat", "jitter"]
 
 
 class NotFound(Exception):
@@ -26,6 +26,37 @@ class BadPosition(ProtocolError):
     """walbust's settled position key holds something that is not an LSN
     (raised by ``wait_applied`` instead of TimeoutError when the wait times
     out on such a key, and by ``applied``)."""
+
+
+class NoHashTag(ValueError):
+    """``get_refreshed`` on a Redis Cluster of a key without a hash tag: the
+    key and its LSN key are in different slots, so no single command reads
+    both, and walbust does not refresh such a key at all (it removes it
+    instead; ``walbust validate`` warns about the rule). Give the deps.yaml
+    key a hash tag, e.g. ``"{{product:{id}}}"``."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"walbust_cache: {key!r} has no hash tag, so it and its LSN key are in different cluster slots "
+                         "(give the deps.yaml key one, e.g. \"{{product:{id}}}\")")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """A key under walbust's refresh action (deps.yaml ``action: refresh``)
+    as ``get_refreshed`` read it.
+
+    ``value`` is exactly what the key holds (what walbust wrote, its
+    negative marker, or a reader's ``SET … NX`` fill); ``lsn`` is its commit
+    LSN (0 for a reader's fill). ``stale``: a later change's refresh query
+    failed, so the value is older than that change (``stale_lsn``, the
+    newest such change); treat it as a miss, or serve it and refresh in the
+    background."""
+
+    value: bytes
+    lsn: int = 0
+    stale: bool = False
+    stale_lsn: int = 0
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,11 @@ __all__ = [
     "parse_pg_lsn",
     "applied_key",
     "settled_key",
+    "REFRESH_LSN_SUFFIX",
+    "RefreshMark",
+    "refresh_lsn_key",
+    "parse_refresh_mark",
+    "has_hash_tag",
     "match",
     "now_ms",
 ]
@@ -287,6 +292,67 @@ def settled_key(slot: str) -> str:
     monotonic write as :func:`applied_key`; this is the position
     read-your-writes waits for (:meth:`walbust_cache.Client.wait_applied`)."""
     return "walbust:settled:{" + slot + "}"
+
+
+# --- Refreshed keys (deps.yaml action: refresh) ------------------------------
+#
+# A refreshed key holds exactly its value, no envelope. Next to it,
+# refresh_lsn_key(key) holds the value's commit LSN in pg_lsn text, followed
+# by " stale <lsn>" while the value is stale (a later change's value query
+# failed): "16/B374D848", "16/B374D848 stale 16/B3750000", or "0/0 stale …"
+# for a value a reader cached. walbust writes both in one script, so in a
+# Redis Cluster the key needs a hash tag (has_hash_tag), as does a reader's
+# MGET of the two. (Go: protocol.ParseRefreshMark.)
+
+#: Appended to a refreshed key to name its LSN key.
+REFRESH_LSN_SUFFIX = ":lsn"
+
+
+def refresh_lsn_key(key: str) -> str:
+    """Where walbust keeps the commit LSN and stale flag of a key it
+    refreshes: ``key + ":lsn"``."""
+    return key + REFRESH_LSN_SUFFIX
+
+
+@dataclass(frozen=True)
+class RefreshMark:
+    """What a refreshed key's LSN key says.
+
+    ``lsn`` is the value's commit LSN (0 when there is no LSN key, or the
+    flagged value was a reader's); ``stale``: a later change's refresh
+    failed and the value is older than it; ``stale_lsn`` is the newest
+    change whose refresh failed."""
+
+    lsn: int = 0
+    stale: bool = False
+    stale_lsn: int = 0
+
+
+def _lenient_lsn(s: str) -> int:
+    try:
+        return parse_pg_lsn(s)
+    except ProtocolError:
+        return 0
+
+
+def parse_refresh_mark(raw: Optional[Bytesish]) -> RefreshMark:
+    """Read an LSN key's text (None: absent). As lenient as walbust's
+    script: what does not parse as an LSN counts as 0/0, and the value is
+    stale whenever the text holds ``" stale "``."""
+    if raw is None:
+        return RefreshMark()
+    text = _b(raw).decode("latin-1")
+    base, sep, flag = text.partition(" stale ")
+    return RefreshMark(_lenient_lsn(base), bool(sep), _lenient_lsn(flag) if sep else 0)
+
+
+def has_hash_tag(key: Bytesish) -> bool:
+    """Whether key carries a Redis Cluster hash tag: a non-empty text
+    between its first ``{`` and the next ``}``, which alone decides its
+    slot, so that key and ``refresh_lsn_key(key)`` share one."""
+    k = _b(key)
+    i = k.find(b"{")
+    return i >= 0 and k.find(b"}", i + 1) > i + 1
 
 
 # --- Events -------------------------------------------------------------------
