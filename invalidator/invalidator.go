@@ -73,6 +73,11 @@ type Invalidator struct {
 	opts    Options
 	log     *zap.Logger
 	pos     positions // how Watermark and Settled are written
+
+	sweep    *sweep     // the keyspace walk pattern passes share
+	indexMu  sync.Mutex // one index drain at a time
+	passMu   sync.Mutex
+	lastPass *Pass // the latest StartPass, which the next one records after
 }
 
 // Stats describes one applied batch.
@@ -106,11 +111,17 @@ func New(opts Options) (*Invalidator, error) {
 	if opts.ScanCount <= 0 {
 		opts.ScanCount = 1000
 	}
-	return &Invalidator{client: client, cluster: cluster, opts: opts, log: opts.Logger}, nil
+	iv := &Invalidator{client: client, cluster: cluster, opts: opts, log: opts.Logger}
+	iv.sweep = &sweep{iv: iv}
+	return iv, nil
 }
 
-// Close closes the connection pool.
-func (iv *Invalidator) Close() error { return iv.client.Close() }
+// Close ends the keyspace walk (passes under way fail) and closes the
+// connection pool.
+func (iv *Invalidator) Close() error {
+	iv.sweep.close()
+	return iv.client.Close()
+}
 
 // Ping checks that Redis answers: in cluster mode, every master.
 func (iv *Invalidator) Ping(ctx context.Context) error {
@@ -290,7 +301,7 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 		mark = marks{}
 	}
 	if len(patterns) > 0 {
-		if err := iv.passOnce(ctx, token, patterns, st); err != nil {
+		if err := iv.applyPatterns(ctx, CoalescePatterns(patterns), st); err != nil {
 			return err
 		}
 	}

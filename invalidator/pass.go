@@ -2,12 +2,8 @@ package invalidator
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"slices"
-	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -23,17 +19,56 @@ const drainTTL = 24 * time.Hour
 
 var indexDrainScript = redis.NewScript(protocol.IndexDrainScript)
 
-// ApplyPass applies patterns, those of every batch up to the one ending at
-// lsn, in one pass: the distinct patterns are matched against one walk of
-// the keyspace (one SCAN per master, masters in parallel), and indexed
-// patterns are served from their families' index sets. The pass is
-// retried from the start until Redis acknowledges all of it; every step is
-// idempotent, so a retry or a replay is harmless. It then records lsn as
-// the applied watermark and publishes an event naming the patterns, as
-// ApplyBatch would. It may run while ApplyBatch and ApplyChunk apply the
-// direct keys of later batches.
+// Pass is a pattern pass under way (StartPass).
+type Pass struct {
+	done chan struct{}
+	st   Stats
+	err  error
+}
+
+// Done is closed when the pass has ended; Result then says how.
+func (p *Pass) Done() <-chan struct{} { return p.done }
+
+// Result is the pass's outcome, once Done is closed: nil only when Redis
+// acknowledged all of it and its position is recorded.
+func (p *Pass) Result() (Stats, error) { return p.st, p.err }
+
+// Wait waits for the pass to end and returns Result.
+func (p *Pass) Wait() (Stats, error) {
+	<-p.done
+	return p.Result()
+}
+
+// ApplyPass is StartPass, waited for.
 func (iv *Invalidator) ApplyPass(ctx context.Context, lsn wal.LSN, patterns []mapping.Invalidation) (Stats, error) {
-	patterns = CoalescePatterns(patterns)
+	return iv.StartPass(ctx, lsn, patterns).Wait()
+}
+
+// StartPass applies patterns, those of every batch up to the one ending
+// at lsn: indexed patterns from their families' index sets, the others by
+// joining the walk of the keyspace that every pass under way shares (one
+// SCAN per master, masters in parallel; see sweep), which they leave once
+// it has covered the whole keyspace. Each step is retried until Redis
+// acknowledges it and is idempotent, so a retry or a replay is harmless.
+// The pass then records lsn as the applied watermark and publishes an
+// event naming the patterns, as ApplyBatch would, but only after every
+// pass started before it did: passes may run concurrently, with each
+// other and with ApplyBatch and ApplyChunk applying the direct keys of
+// later batches, and the watermark must never claim a pass not yet done.
+func (iv *Invalidator) StartPass(ctx context.Context, lsn wal.LSN, patterns []mapping.Invalidation) *Pass {
+	p := &Pass{done: make(chan struct{})}
+	iv.passMu.Lock()
+	prev := iv.lastPass
+	iv.lastPass = p
+	iv.passMu.Unlock()
+	go func() {
+		defer close(p.done)
+		p.st, p.err = iv.runPass(ctx, lsn, CoalescePatterns(patterns), prev)
+	}()
+	return p
+}
+
+func (iv *Invalidator) runPass(ctx context.Context, lsn wal.LSN, patterns []mapping.Invalidation, prev *Pass) (Stats, error) {
 	var event []byte
 	if iv.opts.EventsChannel != "" && len(patterns) > 0 {
 		ev := protocol.Event{LSN: lsn}
@@ -56,29 +91,46 @@ func (iv *Invalidator) ApplyPass(ctx context.Context, lsn wal.LSN, patterns []ma
 	if len(patterns) == 0 && mark.none() {
 		return Stats{}, nil
 	}
-	return iv.retrying(ctx, "pattern pass", len(patterns), func(st *Stats) error {
-		err := iv.passOnce(ctx, protocol.NewToken(), patterns, st)
+	st, err := iv.retrying(ctx, "pattern pass", len(patterns), func(st *Stats) error {
+		err := iv.applyPatterns(ctx, patterns, st)
 		if isNoScript(err) {
 			if err = iv.loadScripts(ctx); err == nil {
 				*st = Stats{Attempts: st.Attempts}
-				err = iv.passOnce(ctx, protocol.NewToken(), patterns, st)
+				err = iv.applyPatterns(ctx, patterns, st)
 			}
 		}
-		if err != nil {
-			return err
-		}
-		if !mark.none() {
-			if err := iv.sendMarks(ctx, mark); err != nil {
-				return err
-			}
-		}
-		if event != nil {
-			if err := iv.client.Publish(ctx, iv.opts.EventsChannel, event).Err(); err != nil {
-				return fmt.Errorf("publish event: %w", err)
-			}
-		}
-		return nil
+		return err
 	})
+	if err != nil {
+		return st, err
+	}
+	if prev != nil {
+		select {
+		case <-prev.done:
+			if prev.err != nil {
+				return st, fmt.Errorf("a pattern pass before this one failed: %w", prev.err)
+			}
+		case <-ctx.Done():
+			return st, fmt.Errorf("pattern pass: waiting for the one before it: %w", ctx.Err())
+		}
+	}
+	if mark.none() && event == nil {
+		return st, nil
+	}
+	mst, err := iv.retrying(ctx, "pattern pass (watermark)", len(patterns), func(*Stats) error {
+		err := iv.markAndPublish(ctx, mark, event)
+		if isNoScript(err) {
+			if err = iv.loadScripts(ctx); err == nil {
+				err = iv.markAndPublish(ctx, mark, event)
+			}
+		}
+		if iv.markNoPerm(err) {
+			err = iv.markAndPublish(ctx, mark, event)
+		}
+		return err
+	})
+	st.Attempts = max(st.Attempts, mst.Attempts)
+	return st, err
 }
 
 // CoalescePatterns returns the distinct patterns of invs, in first-seen
@@ -122,13 +174,24 @@ func alsoScan(inv mapping.Invalidation) bool {
 	return inv.Template != nil && inv.Template.Indexed && inv.Template.AlsoScan
 }
 
-// passOnce is one attempt at a pass: the indexes first, then one SCAN.
-func (iv *Invalidator) passOnce(ctx context.Context, token string, patterns []mapping.Invalidation, st *Stats) error {
-	var scanned []mapping.Invalidation
-	var families []string
-	var fromIndex []mapping.Invalidation
+func (iv *Invalidator) markAndPublish(ctx context.Context, mark marks, event []byte) error {
+	if !mark.none() {
+		if err := iv.sendMarks(ctx, mark); err != nil {
+			return err
+		}
+	}
+	if event != nil {
+		if err := iv.client.Publish(ctx, iv.opts.EventsChannel, event).Err(); err != nil {
+			return fmt.Errorf("publish event: %w", err)
+		}
+	}
+	return nil
+}
+
+// splitPatterns sorts a pass's patterns into those the walk matches and
+// the index families (with their patterns) drained from index sets.
+func splitPatterns(patterns []mapping.Invalidation) (scanned []mapping.Invalidation, families []string, fromIndex []mapping.Invalidation) {
 	for _, p := range patterns {
-		st.Patterns++
 		if indexed(p) {
 			if family, ok := protocol.IndexFamily(p.Key); ok {
 				families = append(families, family)
@@ -142,8 +205,23 @@ func (iv *Invalidator) passOnce(ctx context.Context, token string, patterns []ma
 		}
 		scanned = append(scanned, p)
 	}
+	return scanned, families, fromIndex
+}
+
+// applyPatterns applies patterns once: the indexed families from their
+// index sets, then the rest by joining the keyspace walk until it has
+// covered the whole keyspace (the walk retries Redis failures itself).
+func (iv *Invalidator) applyPatterns(ctx context.Context, patterns []mapping.Invalidation, st *Stats) error {
+	st.Patterns += len(patterns)
+	scanned, families, fromIndex := splitPatterns(patterns)
 	if len(families) > 0 {
-		if err := iv.drainIndexes(ctx, token, families, fromIndex, st); err != nil {
+		// One drain at a time: a drain unlinks its draining sets once
+		// their members are gone, which must not take the members another
+		// drain of the same family still has to remove.
+		iv.indexMu.Lock()
+		err := iv.drainIndexes(ctx, protocol.NewToken(), families, fromIndex, st)
+		iv.indexMu.Unlock()
+		if err != nil {
 			return err
 		}
 	}
@@ -151,31 +229,19 @@ func (iv *Invalidator) passOnce(ctx context.Context, token string, patterns []ma
 		return nil
 	}
 	st.Scanned = true
-	m := newMatcher(scanned)
-	nodes, err := iv.masters(ctx)
-	if err != nil {
-		return err
+	j := iv.sweep.join(ctx, scanned)
+	select {
+	case <-j.done:
+	case <-ctx.Done():
+		return fmt.Errorf("pattern pass of %d patterns: %w", len(scanned), ctx.Err())
 	}
-	var mu sync.Mutex
-	var errs []error
-	var wg sync.WaitGroup
-	for _, node := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var ns Stats
-			err := iv.scanNode(ctx, node, token, m, &ns)
-			mu.Lock()
-			st.KeysScanned += ns.KeysScanned
-			st.PatternMatches += ns.PatternMatches
-			if err != nil {
-				errs = append(errs, err)
-			}
-			mu.Unlock()
-		}()
+	if j.err != nil {
+		return j.err
 	}
-	wg.Wait()
-	return errors.Join(errs...)
+	st.Attempts = max(st.Attempts, j.st.Attempts)
+	st.KeysScanned += j.st.KeysScanned
+	st.PatternMatches += j.st.PatternMatches
+	return nil
 }
 
 // drainIndexes invalidates every key in the index sets of families (the
@@ -221,55 +287,6 @@ func (iv *Invalidator) drainIndexes(ctx context.Context, token string, families 
 	return del.exec(ctx)
 }
 
-// scanNode walks one master's keyspace once, matching every key against
-// all the pass's patterns, one SCAN page (one pipeline) at a time.
-func (iv *Invalidator) scanNode(ctx context.Context, node redis.UniversalClient, token string, m *matcher, st *Stats) error {
-	var cursor uint64
-	base := max(iv.opts.ScanCount, 1)
-	count := base
-	for {
-		var keys []string
-		var next uint64
-		var err error
-		if m.filter != "" {
-			keys, next, err = node.Scan(ctx, cursor, m.filter, count).Result()
-		} else {
-			keys, next, err = node.Scan(ctx, cursor, "", count).Result()
-		}
-		if err != nil {
-			return fmt.Errorf("scan for %s: %w", m.describe(), err)
-		}
-		st.KeysScanned += len(keys)
-		b := iv.newBatch()
-		b.token = token
-		for _, k := range keys {
-			hit := false
-			var qerr error
-			m.each(k, func(inv *mapping.Invalidation) {
-				if qerr != nil || inv.Aux != (mapping.KeyFormat{}) && isCompanion(inv.Aux, k) {
-					return // a version or stale key is not itself a cache entry
-				}
-				qerr = b.queue(ctx, *inv, k)
-				hit = true
-			})
-			if qerr != nil {
-				return qerr
-			}
-			if hit {
-				st.PatternMatches++
-			}
-		}
-		if err := b.exec(ctx); err != nil {
-			return err
-		}
-		if next == 0 {
-			return nil
-		}
-		cursor = next
-		count = nextCount(count, base, len(keys))
-	}
-}
-
 // maxCountFactor bounds how far nextCount raises COUNT above ScanCount.
 const maxCountFactor = 4
 
@@ -291,92 +308,4 @@ func nextCount(count, base int64, returned int) int64 {
 
 func isCompanion(f mapping.KeyFormat, key string) bool {
 	return len(key) > len(f.Prefix)+len(f.Suffix) && strings.HasPrefix(key, f.Prefix) && strings.HasSuffix(key, f.Suffix)
-}
-
-// matcher matches a key against many patterns without trying each: a
-// pattern can only match keys that start with its literal prefix (the
-// text before its first wildcard), so a key is tried only against the
-// patterns whose prefix is one of its own prefixes, looked up by length.
-// The match itself is protocol.Match, Redis's MATCH semantics.
-type matcher struct {
-	pats     []mapping.Invalidation
-	byPrefix map[string][]int
-	lengths  []int  // distinct prefix lengths, ascending
-	filter   string // a MATCH every pattern's keys match ("" for none)
-}
-
-func newMatcher(pats []mapping.Invalidation) *matcher {
-	m := &matcher{pats: pats, byPrefix: map[string][]int{}}
-	common := ""
-	for i, p := range pats {
-		prefix := LiteralPrefix(p.Key)
-		if _, ok := m.byPrefix[prefix]; !ok {
-			m.lengths = append(m.lengths, len(prefix))
-		}
-		m.byPrefix[prefix] = append(m.byPrefix[prefix], i)
-		if i == 0 {
-			common = prefix
-		} else {
-			common = commonPrefix(common, prefix)
-		}
-	}
-	sort.Ints(m.lengths)
-	m.lengths = slices.Compact(m.lengths)
-	if common != "" {
-		// Redis then returns only the keys that can match: the walk is
-		// the same, the traffic much less.
-		m.filter = string(mapping.AppendGlobEscaped(nil, []byte(common))) + "*"
-	}
-	return m
-}
-
-// each calls fn with every pattern key matches.
-func (m *matcher) each(key string, fn func(*mapping.Invalidation)) {
-	for _, n := range m.lengths {
-		if n > len(key) {
-			return
-		}
-		for _, i := range m.byPrefix[key[:n]] {
-			if protocol.Match(m.pats[i].Key, key) {
-				fn(&m.pats[i])
-			}
-		}
-	}
-}
-
-func (m *matcher) describe() string {
-	if len(m.pats) == 1 {
-		return fmt.Sprintf("%q", m.pats[0].Key)
-	}
-	return fmt.Sprintf("%d patterns", len(m.pats))
-}
-
-// LiteralPrefix is the text every key pattern matches starts with: the
-// pattern up to its first unescaped '*', '?' or '[', escapes resolved.
-func LiteralPrefix(pattern string) string {
-	var b strings.Builder
-	for i := 0; i < len(pattern); i++ {
-		switch c := pattern[i]; c {
-		case '*', '?', '[':
-			return b.String()
-		case '\\':
-			if i+1 < len(pattern) {
-				i++
-			}
-			b.WriteByte(pattern[i])
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
-}
-
-func commonPrefix(a, b string) string {
-	n := min(len(a), len(b))
-	for i := 0; i < n; i++ {
-		if a[i] != b[i] {
-			return a[:i]
-		}
-	}
-	return a[:n]
 }

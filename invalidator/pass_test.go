@@ -76,7 +76,7 @@ func TestMatcherAgreesWithMatch(t *testing.T) {
 	m := newMatcher(invs)
 	for _, k := range keys {
 		var got, want []string
-		m.each(k, func(inv *mapping.Invalidation) { got = append(got, inv.Key) })
+		m.each(k, func(e *matchEntry) { got = append(got, e.inv.Key) })
 		for _, p := range patterns {
 			if protocol.Match(p, k) {
 				want = append(want, p)

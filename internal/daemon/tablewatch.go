@@ -259,10 +259,10 @@ func (w *tableWatcher) poll(ctx context.Context) {
 // tables: a few cheap catalog lookups.
 const tableCheckInterval = 5 * time.Second
 
-// ApplyPass applies the patterns of batches up to lsn in one pass. Not
-// under the lock: a pass may take seconds, and the direct keys of later
-// batches must not wait for it (the invalidator is safe for concurrent
-// use; only the watermark's order matters, and the pipeline keeps it).
-func (a *serialApplier) ApplyPass(ctx context.Context, lsn wal.LSN, patterns []mapping.Invalidation) (invalidator.Stats, error) {
-	return a.inv.ApplyPass(ctx, lsn, patterns)
+// StartPass starts applying the patterns of batches up to lsn. Not under
+// the lock: a pass may take seconds, and the direct keys of later batches
+// must not wait for it (the invalidator is safe for concurrent use; it
+// records the passes' positions in the order they were started).
+func (a *serialApplier) StartPass(ctx context.Context, lsn wal.LSN, patterns []mapping.Invalidation) func() (invalidator.Stats, error) {
+	return a.inv.StartPass(ctx, lsn, patterns).Wait
 }

@@ -15,11 +15,13 @@ import (
 )
 
 // PassApplier is an Applier that applies the patterns of many batches in
-// one pass over the keyspace (invalidator.Invalidator.ApplyPass), while
-// the direct keys of later batches keep being applied. It records lsn as
-// applied once the pass is acknowledged.
+// one pass over the keyspace (invalidator.Invalidator.StartPass), while
+// the direct keys of later batches keep being applied. StartPass returns
+// at once with a wait for the pass; passes may run concurrently, and each
+// records lsn as applied once it and every pass started before it are
+// acknowledged.
 type PassApplier interface {
-	ApplyPass(ctx context.Context, lsn wal.LSN, patterns []mapping.Invalidation) (invalidator.Stats, error)
+	StartPass(ctx context.Context, lsn wal.LSN, patterns []mapping.Invalidation) (wait func() (invalidator.Stats, error))
 }
 
 // PatternObserver, when the Observer is one too, is told about every
@@ -32,8 +34,14 @@ type PatternObserver interface {
 const slowPass = time.Second
 
 // maxQueuedPatterns bounds the patterns waiting for the next pass: past
-// it, new batches wait for the pass in flight (memory, not correctness).
+// it, new batches wait for a pass in flight (memory, not correctness).
 const maxQueuedPatterns = 1 << 16
+
+// maxPassesInFlight bounds the passes under way at once. They share one
+// walk of the keyspace, each leaving it once the walk has covered it all,
+// so a pass started mid-walk costs little; past the bound batches queue
+// and the next pass takes them all.
+const maxPassesInFlight = 64
 
 // awaitingPass is a batch whose direct keys are applied but which is not
 // acknowledged yet: its patterns, or those of a batch before it, wait for
@@ -47,31 +55,39 @@ type awaitingPass struct {
 }
 
 type passResult struct {
-	st       invalidator.Stats
-	err      error
-	start    time.Time
-	took     time.Duration
+	st   invalidator.Stats
+	err  error
+	took time.Duration
+}
+
+// flight is a pass under way and the batches it covers.
+type flight struct {
+	batches  []awaitingPass
 	patterns []mapping.Invalidation
+	done     bool
+	res      passResult // set before the flight is sent on done
 }
 
 // patternStage is owned by the applying goroutine: batches wait in queued
-// until a pass starts, which takes all of them (coalescing whatever
-// arrived meanwhile), then in inflight until it is done.
+// until a pass starts, which takes all of them, then in their flight
+// until it and every flight before it are done (acknowledgement stays in
+// commit order).
 type patternStage struct {
 	queued   []awaitingPass
-	inflight []awaitingPass
+	flights  []*flight
 	patterns int // in queued
-	running  bool
-	done     chan passResult
+	done     chan *flight
 }
 
-// due says whether a pass should start now: none runs and batches wait.
-// It does not wait for a backlog to drain first: measured, a pass that
-// overlaps the direct keys of later batches (another core) finished the
-// drain sooner than one pass started after them.
-func (s *patternStage) due() bool { return !s.running && len(s.queued) > 0 }
+// due says whether a pass should start now: batches wait and there is
+// room for another pass. It does not wait for a backlog to drain first:
+// measured, a pass that overlaps the direct keys of later batches
+// (another core) finished the drain sooner than one started after them.
+func (s *patternStage) due() bool { return len(s.queued) > 0 && len(s.flights) < maxPassesInFlight }
 
-func (s *patternStage) busy() bool { return s.running || len(s.queued) > 0 }
+func (s *patternStage) running() bool { return len(s.flights) > 0 }
+
+func (s *patternStage) busy() bool { return len(s.flights) > 0 || len(s.queued) > 0 }
 
 // pushPass queues a for the next pass (see patternStage.due).
 func (p *Pipeline) pushPass(a awaitingPass) {
@@ -82,46 +98,57 @@ func (p *Pipeline) pushPass(a awaitingPass) {
 
 func (p *Pipeline) startPass(ctx context.Context) {
 	s := p.stage
-	s.inflight, s.queued, s.patterns = s.queued, nil, 0
-	var pats []mapping.Invalidation
-	for _, a := range s.inflight {
-		pats = append(pats, a.patterns...)
+	f := &flight{batches: s.queued}
+	s.queued, s.patterns = nil, 0
+	for _, a := range f.batches {
+		f.patterns = append(f.patterns, a.patterns...)
 	}
-	end := s.inflight[len(s.inflight)-1].end
-	s.running = true
+	s.flights = append(s.flights, f)
+	start := time.Now()
+	wait := p.passer.StartPass(ctx, f.batches[len(f.batches)-1].end, f.patterns)
 	go func() {
-		start := time.Now()
-		st, err := p.passer.ApplyPass(ctx, end, pats)
-		s.done <- passResult{st: st, err: err, start: start, took: time.Since(start), patterns: pats}
+		st, err := wait()
+		f.res = passResult{st: st, err: err, took: time.Since(start)}
+		s.done <- f
 	}()
 }
 
-// passDone acknowledges, in order, the batches a finished pass covered,
-// and starts the next pass if batches are waiting.
-func (p *Pipeline) passDone(ctx context.Context, r passResult) error {
+// passDone acknowledges, in order, the batches of the flights done so far
+// from the oldest on.
+func (p *Pipeline) passDone(ctx context.Context, f *flight) error {
 	s := p.stage
-	s.running = false
-	if r.err != nil {
-		return fmt.Errorf("pattern pass up to %s: %w", s.inflight[len(s.inflight)-1].end, r.err)
+	if f.res.err != nil {
+		return fmt.Errorf("pattern pass up to %s: %w", f.batches[len(f.batches)-1].end, f.res.err)
 	}
+	f.done = true
+	for len(s.flights) > 0 && s.flights[0].done {
+		if err := p.landFlight(ctx, s.flights[0]); err != nil {
+			return err
+		}
+		s.flights[0] = nil
+		s.flights = s.flights[1:]
+	}
+	return nil
+}
+
+func (p *Pipeline) landFlight(ctx context.Context, f *flight) error {
+	r := f.res
 	now := time.Now()
 	pp := observe.PatternPass{
 		Duration: r.took, Patterns: r.st.Patterns, KeysScanned: r.st.KeysScanned, Matches: r.st.PatternMatches,
 		IndexHits: r.st.IndexHits, Scanned: r.st.Scanned, Attempts: r.st.Attempts, Acked: now,
 	}
-	for _, a := range s.inflight {
+	for _, a := range f.batches {
 		pp.Batches++
 		pp.Commits = append(pp.Commits, a.commits...)
 		if err := p.acknowledge(ctx, a.end, a.txs, a.fences, now); err != nil {
 			return err
 		}
 	}
-	clear(s.inflight)
-	s.inflight = s.inflight[:0]
 	if r.took > slowPass {
 		p.log.Warn("slow pattern pass", zap.Duration("took", r.took), zap.Int("patterns", r.st.Patterns),
 			zap.Int("keys_scanned", r.st.KeysScanned), zap.Int("matches", r.st.PatternMatches), zap.Int("index_hits", r.st.IndexHits),
-			zap.Int("batches", pp.Batches), zap.String("served", describePatterns(invalidator.CoalescePatterns(r.patterns), 10)))
+			zap.Int("batches", pp.Batches), zap.String("served", describePatterns(invalidator.CoalescePatterns(f.patterns), 10)))
 	}
 	if o, ok := p.opts.Observer.(PatternObserver); ok {
 		o.PatternPass(pp)
@@ -132,8 +159,8 @@ func (p *Pipeline) passDone(ctx context.Context, r passResult) error {
 // finishPasses waits for the pass in flight and those still queued, at a
 // stop: what was applied is acknowledged rather than replayed.
 func (p *Pipeline) finishPasses(ctx context.Context) error {
-	for p.stage != nil && (p.stage.running || len(p.stage.queued) > 0) {
-		if !p.stage.running {
+	for p.stage != nil && p.stage.busy() {
+		if p.stage.due() {
 			p.startPass(ctx)
 		}
 		select {

@@ -26,34 +26,42 @@ tables:
       - patterns: ["search:{id}:*"]
 `
 
-// passLog is a PassApplier whose passes wait for a release each.
+// passLog is a PassApplier whose passes each wait for their release.
 type passLog struct {
 	callLog
-	passes  chan []string // patterns of each pass, as it starts
-	proceed chan error    // what the pass returns
+	passes  chan passStart // each pass, as it starts
 	mu      sync.Mutex
 	watermk wal.LSN
 }
 
-func (a *passLog) ApplyPass(ctx context.Context, lsn wal.LSN, pats []mapping.Invalidation) (invalidator.Stats, error) {
+type passStart struct {
+	lsn     wal.LSN
+	keys    []string
+	release chan error // what the pass returns
+}
+
+func (a *passLog) StartPass(ctx context.Context, lsn wal.LSN, pats []mapping.Invalidation) func() (invalidator.Stats, error) {
 	var keys []string
 	for _, p := range invalidator.CoalescePatterns(pats) {
 		keys = append(keys, p.Key)
 	}
 	a.add(fmt.Sprintf("pass %s %v", lsn, keys))
-	a.passes <- keys
-	select {
-	case err := <-a.proceed:
-		if err != nil {
-			return invalidator.Stats{}, err
+	ps := passStart{lsn: lsn, keys: keys, release: make(chan error, 1)}
+	a.passes <- ps
+	return func() (invalidator.Stats, error) {
+		select {
+		case err := <-ps.release:
+			if err != nil {
+				return invalidator.Stats{}, err
+			}
+		case <-ctx.Done():
+			return invalidator.Stats{}, ctx.Err()
 		}
-	case <-ctx.Done():
-		return invalidator.Stats{}, ctx.Err()
+		a.mu.Lock()
+		a.watermk = max(a.watermk, lsn)
+		a.mu.Unlock()
+		return invalidator.Stats{Attempts: 1, Patterns: len(keys)}, nil
 	}
-	a.mu.Lock()
-	a.watermk = lsn
-	a.mu.Unlock()
-	return invalidator.Stats{Attempts: 1, Patterns: len(keys)}, nil
 }
 
 type passObserver struct {
@@ -111,11 +119,11 @@ func passRun(t *testing.T, o Options, txs ...passTx) (*Pipeline, *fakeSource) {
 	return p, src
 }
 
-// Direct keys are applied while a pass runs, but nothing is acknowledged
-// past a batch whose patterns are not applied; the next pass takes every
-// pattern that arrived meanwhile, coalesced.
+// Direct keys are applied while a pass runs, and later batches start
+// passes of their own, but nothing is acknowledged past a batch whose
+// patterns are not applied, even when later passes finish first.
 func TestPassAcknowledgementNeverPassesPendingPatterns(t *testing.T) {
-	a := &passLog{callLog: *newCallLog(), passes: make(chan []string, 8), proceed: make(chan error)}
+	a := &passLog{callLog: *newCallLog(), passes: make(chan passStart, 8)}
 	obs := &passObserver{}
 	step := make(chan struct{})
 	p, src := passRun(t, Options{Applier: a, Observer: obs, MaxBatchTxs: 1},
@@ -132,43 +140,50 @@ func TestPassAcknowledgementNeverPassesPendingPatterns(t *testing.T) {
 	}
 	stop, _ := started(t, p, src)
 	first := <-a.passes
-	if !slices.Equal(first, []string{"search:1:*"}) {
-		t.Fatalf("first pass served %v", first)
+	if !slices.Equal(first.keys, []string{"search:1:*"}) || first.lsn != 100 {
+		t.Fatalf("first pass served %v up to %s", first.keys, first.lsn)
 	}
 	close(step)
-	// Everything else streams in while the pass is held: the direct keys
-	// go to Redis at once, none is acknowledged.
+	// Everything else streams in while the first pass is held: the direct
+	// keys go to Redis at once, the patterns in passes of their own, and
+	// nothing is acknowledged.
 	waitFor(t, func() bool {
 		return slices.Contains(a.get(), "chunk 0/1F4 1")
 	}, fmt.Sprintf("the direct key of the last batch was not applied while the pass ran: %v", a.get()))
-	time.Sleep(150 * time.Millisecond) // a checkpoint save would have happened by now
-	if got := acknowledged(p); got != 0 {
-		t.Fatalf("acknowledged %s while the pass for 0/64 runs", got)
+	// Every later batch is in a pass: those with patterns in theirs, the
+	// others in passes that only record their position in order.
+	var later []passStart
+	var served []string
+	for len(later) == 0 || later[len(later)-1].lsn != 500 {
+		select {
+		case ps := <-a.passes:
+			later = append(later, ps)
+			served = append(served, ps.keys...)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the later batches never got a pass: %v", a.get())
+		}
+	}
+	slices.Sort(served)
+	if want := []string{"search:1:*", `search:a\*\?\[:*`}; !slices.Equal(served, want) {
+		t.Errorf("the later passes served %q, want %q", served, want)
 	}
 	for _, c := range a.get() {
 		if len(c) > 5 && c[:5] == "batch" {
 			t.Errorf("%q: ApplyBatch (which records the watermark) ran while a pass was pending", c)
 		}
 	}
-	a.proceed <- nil
-	second := <-a.passes
-	if want := []string{`search:a\*\?\[:*`, "search:1:*"}; !slices.Equal(second, want) {
-		t.Errorf("second pass served %v, want %v (coalesced, escaped)", second, want)
+	// The later passes finish first: still nothing is acknowledged.
+	for _, ps := range later {
+		ps.release <- nil
 	}
-	waitFor(t, func() bool { return acknowledged(p) == 100 }, "the batch the first pass covered was not acknowledged")
-	time.Sleep(150 * time.Millisecond)
-	if got := acknowledged(p); got != 100 {
-		t.Fatalf("acknowledged %s while the second pass runs", got)
+	time.Sleep(150 * time.Millisecond) // a checkpoint save would have happened by now
+	if got := acknowledged(p); got != 0 {
+		t.Fatalf("acknowledged %s while the pass for 0/64 runs", got)
 	}
-	a.proceed <- nil
-	waitFor(t, func() bool { return acknowledged(p) == 500 }, "not acknowledged after the second pass")
-	a.mu.Lock()
-	if a.watermk != 500 {
-		t.Errorf("the pass recorded %s as applied, want 0/1F4", a.watermk)
-	}
-	a.mu.Unlock()
-	if n := obs.count(); n != 2 {
-		t.Errorf("%d passes observed, want 2", n)
+	first.release <- nil
+	waitFor(t, func() bool { return acknowledged(p) == 500 }, "not acknowledged after every pass")
+	if n := obs.count(); n != 1+len(later) {
+		t.Errorf("%d passes observed, want %d", n, 1+len(later))
 	}
 	if err := stop(); err != nil {
 		t.Fatal(err)
@@ -178,16 +193,16 @@ func TestPassAcknowledgementNeverPassesPendingPatterns(t *testing.T) {
 // A pass that fails (its retries ended with the context) is not
 // acknowledged, nor is anything after it.
 func TestPassFailureAcknowledgesNothing(t *testing.T) {
-	a := &passLog{callLog: *newCallLog(), passes: make(chan []string, 8), proceed: make(chan error, 1)}
+	a := &passLog{callLog: *newCallLog(), passes: make(chan passStart, 8)}
 	p, src := passRun(t, Options{Applier: a, MaxBatchTxs: 1},
 		passTx{"items", "1", 100},
 		passTx{"searches", "2", 200},
 		passTx{"items", "3", 300},
 	)
 	_, done := started(t, p, src)
-	<-a.passes
+	ps := <-a.passes
 	waitFor(t, func() bool { return acknowledged(p) == 100 }, "the batch before the pattern was not acknowledged")
-	a.proceed <- context.DeadlineExceeded
+	ps.release <- context.DeadlineExceeded
 	select {
 	case err := <-done:
 		if err == nil {
@@ -209,8 +224,9 @@ func TestPassDue(t *testing.T) {
 		want bool
 	}{
 		{"nothing queued", patternStage{}, false},
-		{"a pass runs", patternStage{queued: queued, running: true}, false},
 		{"batches wait, none runs", patternStage{queued: queued}, true},
+		{"batches wait, a pass runs", patternStage{queued: queued, flights: []*flight{{}}}, true},
+		{"batches wait, every pass slot taken", patternStage{queued: queued, flights: make([]*flight, maxPassesInFlight)}, false},
 	} {
 		if got := tt.s.due(); got != tt.want {
 			t.Errorf("%s: due = %t, want %t", tt.name, got, tt.want)

@@ -189,7 +189,7 @@ func New(opts Options) *Pipeline {
 	}
 	p.mapper.MaxTxChanges = opts.MaxTxChanges
 	if pa, ok := opts.Applier.(PassApplier); ok {
-		p.passer, p.stage = pa, &patternStage{done: make(chan passResult, 1)}
+		p.passer, p.stage = pa, &patternStage{done: make(chan *flight, maxPassesInFlight)}
 	}
 	p.mapper.BindOIDs(opts.TableOIDs)
 	if opts.Replicas != nil {
@@ -279,8 +279,8 @@ func (p *Pipeline) applyLoop(ctx context.Context, txs <-chan *committed) error {
 		if p.stage != nil && p.stage.due() {
 			p.startPass(ctx)
 		}
-		var passDone <-chan passResult
-		if p.stage != nil && p.stage.running {
+		var passDone <-chan *flight
+		if p.stage != nil && p.stage.running() {
 			passDone = p.stage.done
 			if p.stage.patterns >= maxQueuedPatterns {
 				// Enough waits for the next pass: let it start first.
