@@ -263,7 +263,22 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 	b := iv.newBatch()
 	b.token = token
 	var patterns []mapping.Invalidation
+	var families []string // of inlined patterns, each once
+	var seen map[string]bool
 	for _, inv := range invs {
+		if inv.Pattern && Inline(inv) && iv.cluster == nil {
+			if family, ok := protocol.IndexFamily(inv.Key); ok {
+				if seen == nil {
+					seen = map[string]bool{}
+				}
+				if !seen[family] {
+					seen[family] = true
+					families = append(families, family)
+					st.Patterns++
+				}
+				continue
+			}
+		}
 		if inv.Pattern {
 			patterns = append(patterns, inv)
 			continue
@@ -284,6 +299,7 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 	if err := b.flushUnlinks(ctx); err != nil {
 		return err
 	}
+	inlined := b.unlinkFamilies(ctx, families)
 	inPipe := false
 	if !mark.none() && len(patterns) == 0 && b.pipe != nil && iv.cluster == nil {
 		iv.queueMarks(ctx, b.pipe, mark)
@@ -295,6 +311,11 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 	}
 	if err := b.exec(ctx); err != nil {
 		return err
+	}
+	for _, c := range inlined {
+		n, _ := c.Int() // exec returned nil: every command succeeded
+		st.IndexHits += n
+		st.PatternMatches += n
 	}
 	if inPipe {
 		iv.marked(mark)

@@ -166,6 +166,16 @@ func CoalescePatterns(invs []mapping.Invalidation) []mapping.Invalidation {
 	return out
 }
 
+// Inline says whether inv, a pattern, is applied with the direct keys of
+// its batch rather than in a pass: an indexed family that is deleted and
+// not also scanned, whose index holds every key to delete. Outside a
+// cluster one script deletes the members and the index; in a cluster
+// (members in any slot) the index is drained as a pass does, which costs
+// the members, not the keyspace, either way.
+func Inline(inv mapping.Invalidation) bool {
+	return inv.Pattern && indexed(inv) && !alsoScan(inv) && inv.Action == mapping.Delete
+}
+
 func indexed(inv mapping.Invalidation) bool {
 	return inv.Template != nil && inv.Template.Indexed
 }
@@ -186,6 +196,27 @@ func (iv *Invalidator) markAndPublish(ctx context.Context, mark marks, event []b
 		}
 	}
 	return nil
+}
+
+// familiesPerScript bounds the families one index_unlink.lua call serves,
+// so that one call never blocks Redis for long.
+const familiesPerScript = 128
+
+// unlinkFamilies queues the deletion of indexed families' members and
+// index sets (Inline), many families per script call, and returns the
+// calls, whose replies count the members.
+func (b *batch) unlinkFamilies(ctx context.Context, families []string) []*redis.Cmd {
+	var cmds []*redis.Cmd
+	for len(families) > 0 {
+		n := min(len(families), familiesPerScript)
+		keys := make([]string, 0, 2*n)
+		for _, f := range families[:n] {
+			keys = append(keys, protocol.IndexKey(f), protocol.DrainingKey(f))
+		}
+		cmds = append(cmds, indexUnlinkScript.EvalSha(ctx, b.pipe, keys))
+		families = families[n:]
+	}
+	return cmds
 }
 
 // splitPatterns sorts a pass's patterns into those the walk matches and

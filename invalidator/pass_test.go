@@ -261,3 +261,62 @@ func TestNextCount(t *testing.T) {
 		}
 	}
 }
+
+// An indexed family that is deleted (not also scanned) goes with the
+// direct keys of its batch: one script deletes the members, those a failed
+// pass left draining, and both sets; keys not in the index stay.
+func TestApplyInlinesIndexedDeletes(t *testing.T) {
+	r := testRedis(t)
+	ctx := context.Background()
+	rdb := r.Client()
+	defer rdb.Close()
+	iv := newInvalidator(t, Options{URL: r.URL(), Watermark: "wm"})
+	idx, draining := protocol.IndexKey("feed:7:"), protocol.DrainingKey("feed:7:")
+	pipe := rdb.Pipeline()
+	for i := range 2500 { // more than one UNLINK of 1000
+		k := "feed:7:" + strconv.Itoa(i)
+		pipe.Set(ctx, k, "v", time.Hour)
+		pipe.SAdd(ctx, idx, k)
+	}
+	pipe.Set(ctx, "feed:7:left", "v", 0)
+	pipe.SAdd(ctx, draining, "feed:7:left")
+	pipe.Set(ctx, "feed:7:stray", "v", 0)
+	pipe.Set(ctx, "order:1", "v", 0)
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	feed := pat("feed:7:*")
+	feed.Template = indexedTemplate
+	if !Inline(feed) {
+		t.Fatal("an indexed delete pattern is not inlined")
+	}
+	rdb.ScriptFlush(ctx) // the script is loaded on NOSCRIPT, in the pipeline too
+	st, err := iv.ApplyBatch(ctx, 0x300, []mapping.Invalidation{{Action: mapping.Delete, Key: "order:1"}, feed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.IndexHits != 2501 || st.Patterns != 1 || st.Scanned || st.Keys != 1 {
+		t.Errorf("stats %+v, want 2501 index hits of 1 pattern, 1 key, no scan", st)
+	}
+	if n := countMatching(t, ctx, rdb, "feed:7:[0-9]*") + countExisting(t, ctx, rdb, []string{"feed:7:left", idx, draining, "order:1"}); n != 0 {
+		t.Errorf("%d keys of the family, its sets or the direct key left", n)
+	}
+	if rdb.Exists(ctx, "feed:7:stray").Val() != 1 {
+		t.Error("feed:7:stray, not in the index, was removed")
+	}
+	if v := rdb.Get(ctx, "wm").Val(); v != wal.LSN(0x300).String() {
+		t.Errorf("watermark %q", v)
+	}
+	for _, tm := range []*mapping.Template{indexedScanTemplate, nil} {
+		p := pat("feed:7:*")
+		p.Template = tm
+		if Inline(p) {
+			t.Errorf("template %+v inlined", tm)
+		}
+	}
+	fence := pat("feed:7:*")
+	fence.Template, fence.Action = indexedTemplate, mapping.Fence
+	if Inline(fence) {
+		t.Error("an indexed fence inlined: fences need a pass")
+	}
+}

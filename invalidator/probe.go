@@ -104,3 +104,8 @@ func ScriptSHA() string { return bumpScript.Hash() }
 // IndexDrainSHA is the SHA1 of the script that drains a pattern family's
 // index (protocol.IndexDrainScript), for the same probes.
 func IndexDrainSHA() string { return indexDrainScript.Hash() }
+
+// IndexUnlinkSHA is the SHA1 of the script that deletes an indexed
+// family's members and index in one step (delete rules, outside a
+// cluster), for ACL checks.
+func IndexUnlinkSHA() string { return indexUnlinkScript.Hash() }

@@ -18,6 +18,8 @@ var (
 	staleSource string
 	//go:embed lua/raise.lua
 	raiseSource string
+	//go:embed lua/index_unlink.lua
+	indexUnlinkSource string
 )
 
 // bumpScript raises a version key to ARGV[1], never lowering it, so replays
@@ -39,4 +41,8 @@ var fenceScript = redis.NewScript(protocol.FenceScript)
 // to ARGV[1], never lowering it.
 var raiseScript = redis.NewScript(raiseSource)
 
-var scripts = []*redis.Script{bumpScript, staleScript, fenceScript, raiseScript, indexDrainScript}
+// indexUnlinkScript deletes an indexed family's members and its index in
+// one step, for delete rules outside a cluster (see Inline).
+var indexUnlinkScript = redis.NewScript(indexUnlinkSource)
+
+var scripts = []*redis.Script{bumpScript, staleScript, fenceScript, raiseScript, indexDrainScript, indexUnlinkScript}

@@ -418,7 +418,7 @@ func (p *Pipeline) apply(ctx context.Context, batch []*committed, buf *applyBuff
 			// Patterns wait for the next pass; the direct keys go now.
 			direct := (*invs)[:0]
 			for _, inv := range *invs {
-				if inv.Pattern {
+				if inv.Pattern && !invalidator.Inline(inv) {
 					patterns = append(patterns, inv)
 				} else {
 					direct = append(direct, inv)

@@ -98,6 +98,14 @@ func commands(reg *mapping.Registry, opts invalidator.Options) []command {
 					add(iwhy+", in its script", c...)
 				}
 				add(iwhy, "unlink", drain)
+				if t.Action.Action == mapping.Delete && !p.AlsoScan {
+					// Outside a cluster, one script deletes the members
+					// and the sets (invalidator.Inline).
+					add(iwhy, "evalsha", invalidator.IndexUnlinkSHA(), "2", idx, drain)
+					for _, c := range [][]string{{"sunion", idx, drain}, {"unlink", probeValue + ":x"}} {
+						add(iwhy+", in its script", c...)
+					}
+				}
 			}
 			tmpls := append(append([]*mapping.Template(nil), r.Keys...), r.Patterns...)
 			for _, tmpl := range tmpls {
