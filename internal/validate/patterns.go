@@ -37,9 +37,9 @@ func PatternPaths(reg *mapping.Registry) []string {
 func PatternPath(p *mapping.Template) string {
 	switch p.Path() {
 	case "index":
-		return "index: the family's index set (keys filled through cacheaside), cost O(matches); keys written by other means are not found"
+		return "index: the family's index set (keys filled through cacheaside), cost O(matches), applied with the batch's direct keys for a delete rule outside a cluster, else by a pass; keys written by other means are not found"
 	case "index+scan":
-		return "index+scan: the family's index set, then SCAN for keys written by other means, cost O(matches) + one keyspace walk per pass"
+		return "index+scan: the family's index set, then SCAN for keys written by other means, cost O(matches) + one keyspace walk, shared by every pass under way"
 	}
-	return "scan: SCAN, one keyspace walk per pass (shared by every pattern waiting for it), cost O(keys in Redis)"
+	return "scan: SCAN, one keyspace walk shared by every pass under way, cost O(keys in Redis)"
 }
