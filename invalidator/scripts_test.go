@@ -13,6 +13,8 @@ func TestScriptFiles(t *testing.T) {
 		"lua/bump.lua":  bumpSource,
 		"lua/stale.lua": staleSource,
 		"lua/raise.lua": raiseSource,
+		// indexed delete families, with the direct keys
+		"lua/index_unlink.lua": indexUnlinkSource,
 		// action: refresh
 		"lua/refresh.lua": refreshSource,
 	})
