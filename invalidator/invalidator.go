@@ -326,17 +326,7 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 			return err
 		}
 	}
-	if !mark.none() {
-		if err := iv.sendMarks(ctx, mark); err != nil {
-			return err
-		}
-	}
-	if event != nil {
-		if err := iv.client.Publish(ctx, iv.opts.EventsChannel, event).Err(); err != nil {
-			return fmt.Errorf("publish event: %w", err)
-		}
-	}
-	return nil
+	return iv.markAndPublish(ctx, mark, event)
 }
 
 // queue adds the commands that apply inv's action to key.

@@ -96,17 +96,7 @@ func (s *sweep) close() {
 func (s *sweep) admit(active []*sweepJoin, m *matcher, cursor uint64, midWalk bool) ([]*sweepJoin, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	kept := active[:0]
-	for _, j := range active {
-		if err := j.ctx.Err(); err != nil {
-			m.remove(j, j.patterns)
-			j.finish(err)
-			continue
-		}
-		kept = append(kept, j)
-	}
-	clear(active[len(kept):])
-	active = kept
+	active = leave(active, m, func(j *sweepJoin) (bool, error) { return j.ctx.Err() != nil, j.ctx.Err() })
 	if cursor == 0 || midWalk {
 		for _, j := range s.pending {
 			if err := j.ctx.Err(); err != nil {
@@ -127,6 +117,22 @@ func (s *sweep) admit(active []*sweepJoin, m *matcher, cursor uint64, midWalk bo
 		return nil, false
 	}
 	return active, true
+}
+
+// leave finishes, with the error done returns, the passes done says are
+// done, takes their patterns out of m, and returns the others.
+func leave(active []*sweepJoin, m *matcher, done func(*sweepJoin) (bool, error)) []*sweepJoin {
+	kept := active[:0]
+	for _, j := range active {
+		if ok, err := done(j); ok {
+			m.remove(j, j.patterns)
+			j.finish(err)
+			continue
+		}
+		kept = append(kept, j)
+	}
+	clear(active[len(kept):])
+	return kept
 }
 
 func (j *sweepJoin) finish(err error) {
@@ -243,22 +249,16 @@ func (s *sweep) walk(ctx context.Context) {
 			continue
 		}
 		recovered()
-		kept := active[:0]
-		for _, j := range active {
+		active = leave(active, m, func(j *sweepJoin) (bool, error) {
 			j.st.KeysScanned += len(keys)
 			if next == 0 && !j.wrapped && j.start != 0 {
 				j.wrapped = true
-			} else if next == 0 || j.wrapped && bits.Reverse64(next) >= bits.Reverse64(j.start) {
-				// Since it joined the walk has covered the hash space
-				// from j.start on, then from 0 up to j.start.
-				m.remove(j, j.patterns)
-				j.finish(nil)
-				continue
+				return false, nil
 			}
-			kept = append(kept, j)
-		}
-		clear(active[len(kept):])
-		active = kept
+			// Done once the walk has covered the hash space from j.start
+			// on, then from 0 up to j.start.
+			return next == 0 || j.wrapped && bits.Reverse64(next) >= bits.Reverse64(j.start), nil
+		})
 		cursor = next
 		count = nextCount(count, base, len(keys))
 	}
