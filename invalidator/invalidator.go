@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -235,6 +236,9 @@ func (iv *Invalidator) retrying(ctx context.Context, what string, n int, attempt
 		if ctx.Err() != nil {
 			return st, fmt.Errorf("%s of %d invalidations: %w (last error: %v)", what, n, ctx.Err(), err)
 		}
+		if errors.Is(err, ErrClosed) {
+			return st, fmt.Errorf("%s of %d invalidations: %w", what, n, err)
+		}
 		if iv.cluster != nil {
 			// A failover or resharding moved slots: learn the new map
 			// before the next attempt rather than after a redirect.
@@ -265,8 +269,11 @@ func (iv *Invalidator) applyOnce(ctx context.Context, invs []mapping.Invalidatio
 	var patterns []mapping.Invalidation
 	var families []string // of inlined patterns, each once
 	var seen map[string]bool
+	// Not while another pattern of the batch acts on an index otherwise
+	// (a fence, say): the delete would empty the index under it.
+	inline := iv.cluster == nil && !slices.ContainsFunc(invs, func(inv mapping.Invalidation) bool { return indexed(inv) && !Inline(inv) })
 	for _, inv := range invs {
-		if inv.Pattern && Inline(inv) && iv.cluster == nil {
+		if inline && inv.Pattern && Inline(inv) {
 			if family, ok := protocol.IndexFamily(inv.Key); ok {
 				if seen == nil {
 					seen = map[string]bool{}

@@ -89,7 +89,9 @@ func (iv *Invalidator) runPass(ctx context.Context, lsn wal.LSN, patterns []mapp
 	}
 	mark = iv.enabledMarks(mark)
 	if len(patterns) == 0 && mark.none() {
-		return Stats{}, nil
+		// Nothing to do, but it ends after the passes before it, as
+		// every pass does.
+		return Stats{}, waitFor(ctx, prev)
 	}
 	st, err := iv.retrying(ctx, "pattern pass", len(patterns), func(st *Stats) error {
 		err := iv.applyPatterns(ctx, patterns, st)
@@ -104,15 +106,8 @@ func (iv *Invalidator) runPass(ctx context.Context, lsn wal.LSN, patterns []mapp
 	if err != nil {
 		return st, err
 	}
-	if prev != nil {
-		select {
-		case <-prev.done:
-			if prev.err != nil {
-				return st, fmt.Errorf("a pattern pass before this one failed: %w", prev.err)
-			}
-		case <-ctx.Done():
-			return st, fmt.Errorf("pattern pass: waiting for the one before it: %w", ctx.Err())
-		}
+	if err := waitFor(ctx, prev); err != nil {
+		return st, err
 	}
 	if mark.none() && event == nil {
 		return st, nil
@@ -184,6 +179,26 @@ func alsoScan(inv mapping.Invalidation) bool {
 	return inv.Template != nil && inv.Template.Indexed && inv.Template.AlsoScan
 }
 
+// waitFor waits for the pass before this one. One that failed failed
+// because its context ended (a pass retries until then): in this pass's
+// run too, if its context has ended as well, so this one must not record
+// a position past it either; otherwise it was a run before this one (the
+// pipeline restarted after a lost slot), which replays from its checkpoint.
+func waitFor(ctx context.Context, prev *Pass) error {
+	if prev == nil {
+		return nil
+	}
+	select {
+	case <-prev.done:
+	case <-ctx.Done():
+		return fmt.Errorf("pattern pass: waiting for the one before it: %w", ctx.Err())
+	}
+	if prev.err != nil && ctx.Err() != nil {
+		return fmt.Errorf("a pattern pass before this one failed: %w", prev.err)
+	}
+	return nil
+}
+
 func (iv *Invalidator) markAndPublish(ctx context.Context, mark marks, event []byte) error {
 	if !mark.none() {
 		if err := iv.sendMarks(ctx, mark); err != nil {
@@ -199,8 +214,9 @@ func (iv *Invalidator) markAndPublish(ctx context.Context, mark marks, event []b
 }
 
 // familiesPerScript bounds the families one index_unlink.lua call serves,
-// so that one call never blocks Redis for long.
-const familiesPerScript = 128
+// so that one call stays short: at most 32 full indexes (10,000 members
+// each by default) are deleted in one atomic step.
+const familiesPerScript = 32
 
 // unlinkFamilies queues the deletion of indexed families' members and
 // index sets (Inline), many families per script call, and returns the

@@ -20,6 +20,9 @@ import (
 
 // errRestarted: the server a walk was on is not the one it started on (a
 // restart or a failover), so its cursor means nothing there any more.
+// ErrClosed: the Invalidator was closed; nothing more is applied.
+var ErrClosed = errors.New("the invalidator is closed")
+
 var errRestarted = errors.New("redis restarted or failed over mid-walk (run_id changed)")
 
 // sweep is the one walk of the keyspace that concurrent pattern passes
@@ -40,6 +43,8 @@ type sweep struct {
 	mu      sync.Mutex
 	pending []*sweepJoin
 	running bool
+	closed  bool
+	gen     int // of the walk running, so a stopped one cleans up only its own
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 	pages   atomic.Int64 // SCAN pages walked, ever (for tests)
@@ -63,16 +68,22 @@ func (s *sweep) join(ctx context.Context, patterns []mapping.Invalidation) *swee
 	j := &sweepJoin{ctx: ctx, patterns: patterns, done: make(chan struct{}), st: Stats{Attempts: 1}}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		j.finish(fmt.Errorf("pattern pass: %w", ErrClosed))
+		return j
+	}
 	s.pending = append(s.pending, j)
 	if !s.running {
 		s.running = true
+		s.gen++
+		gen := s.gen
 		ctx, cancel := context.WithCancel(context.Background())
 		s.stop = cancel
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			defer cancel()
-			s.walk(ctx)
+			s.walk(ctx, gen)
 		}()
 	}
 	return j
@@ -81,6 +92,7 @@ func (s *sweep) join(ctx context.Context, patterns []mapping.Invalidation) *swee
 // close ends the walk (the passes in it fail) and waits for it.
 func (s *sweep) close() {
 	s.mu.Lock()
+	s.closed = true
 	if s.stop != nil {
 		s.stop()
 	}
@@ -143,7 +155,7 @@ func (j *sweepJoin) finish(err error) {
 // walk runs while passes wait: one node (standalone, Sentinel) page by
 // page with passes joining mid-walk, or every master of a cluster in
 // parallel, passes joining between walks.
-func (s *sweep) walk(ctx context.Context) {
+func (s *sweep) walk(ctx context.Context, gen int) {
 	iv := s.iv
 	var active []*sweepJoin
 	defer func() {
@@ -152,10 +164,15 @@ func (s *sweep) walk(ctx context.Context) {
 		}
 		// Stopped (Close): whoever still waits is told.
 		s.mu.Lock()
-		for _, j := range append(active, s.pending...) {
+		for _, j := range active {
 			j.finish(fmt.Errorf("pattern pass: %w", ctx.Err()))
 		}
-		s.pending, s.running = nil, false
+		if s.gen == gen && s.running {
+			for _, j := range s.pending {
+				j.finish(fmt.Errorf("pattern pass: %w", ctx.Err()))
+			}
+			s.pending, s.running = nil, false
+		}
 		s.mu.Unlock()
 	}()
 	m := newMatcher(nil)
@@ -223,14 +240,17 @@ func (s *sweep) walk(ctx context.Context) {
 	for {
 		var ok bool
 		if len(active) == 0 {
-			cursor = 0
+			// A new walk: nothing it could miss on another server yet.
+			cursor, runID = 0, ""
 		}
 		if active, ok = s.admit(active, m, cursor, midWalk); !ok {
 			return
 		}
 		if cursor == 0 {
+			// runID is kept: a pass that joined mid-walk goes on into
+			// this walk, and must not finish it on another server.
 			m.refilter()
-			runID, count = "", base
+			count = base
 		}
 		keys, next, info, err := page(ctx, iv.client, cursor, m.filter, count)
 		if err == nil && runID != "" && info.runID != runID {
@@ -245,7 +265,8 @@ func (s *sweep) walk(ctx context.Context) {
 			if ctx.Err() != nil || fail(err) != nil {
 				return
 			}
-			cursor = 0
+			// Every pass starts over, on whichever server answers now.
+			cursor, runID = 0, ""
 			continue
 		}
 		recovered()
@@ -331,6 +352,36 @@ func (s *sweep) walkNode(ctx context.Context, node redis.UniversalClient, m *mat
 // may have seen.
 func (s *sweep) apply(ctx context.Context, m *matcher, keys []string, hits map[*matchEntry]int) error {
 	s.pages.Add(1)
+	page := map[*matchEntry]int{}
+	b, err := s.queue(ctx, m, keys, page)
+	if err != nil || b == nil {
+		return err
+	}
+	err = b.exec(ctx)
+	if isNoScript(err) {
+		// SCRIPT FLUSH ran, or the server is new (a restart, a failover,
+		// a cluster node's first page): load the scripts and send the
+		// page again, rebuilt (Exec empties a pipeline, failed or not).
+		if err = s.iv.loadScripts(ctx); err != nil {
+			return err
+		}
+		clear(page)
+		if b, err = s.queue(ctx, m, keys, page); err != nil {
+			return err
+		}
+		err = b.exec(ctx)
+	}
+	if err == nil {
+		for e, n := range page {
+			hits[e] += n
+		}
+	}
+	return err
+}
+
+// queue builds the batch that acts on the keys of a page that match (nil
+// when none does), counting matches per pattern in hits.
+func (s *sweep) queue(ctx context.Context, m *matcher, keys []string, hits map[*matchEntry]int) (*batch, error) {
 	b := s.iv.newBatch()
 	b.token = protocol.NewToken()
 	queued := false
@@ -346,21 +397,13 @@ func (s *sweep) apply(ctx context.Context, m *matcher, keys []string, hits map[*
 			}
 		})
 		if qerr != nil {
-			return qerr
+			return nil, qerr
 		}
 	}
 	if !queued {
-		return nil
+		return nil, nil
 	}
-	err := b.exec(ctx)
-	if isNoScript(err) {
-		// SCRIPT FLUSH ran, or Redis restarted (the next page sees the
-		// run_id): the page is retried with the scripts loaded.
-		if err = s.iv.loadScripts(ctx); err == nil {
-			err = b.exec(ctx)
-		}
-	}
-	return err
+	return b, nil
 }
 
 // credit counts matches to the passes that wait for their patterns.
@@ -403,7 +446,7 @@ func page(ctx context.Context, node redis.UniversalClient, cursor uint64, match 
 
 func parseServerInfo(text string) serverInfo {
 	var si serverInfo
-	mode, other := "", false
+	mode, other, redis := "", false, false
 	for line := range strings.Lines(text) {
 		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
 		if !ok {
@@ -414,10 +457,14 @@ func parseServerInfo(text string) serverInfo {
 			si.runID = v
 		case "redis_mode":
 			mode = v
+		case "executable":
+			redis = true // Redis and its forks (Valkey, KeyDB) say where their binary is
 		case "dragonfly_version":
 			other = true
 		}
 	}
-	si.oneTable = mode == "standalone" && si.runID != "" && !other
+	// Only what is known to walk one dict with Redis's cursor: a proxy or
+	// another server may number its cursor otherwise.
+	si.oneTable = mode == "standalone" && len(si.runID) == 40 && redis && !other
 	return si
 }

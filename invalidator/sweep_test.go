@@ -205,7 +205,9 @@ func TestParseServerInfo(t *testing.T) {
 		text string
 		want serverInfo
 	}{
-		{"# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\nrun_id:abc\r\n", serverInfo{runID: "abc", oneTable: true}},
+		{"# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\nrun_id:0123456789abcdef0123456789abcdef01234567\r\nexecutable:/usr/bin/redis-server\r\n", serverInfo{runID: "0123456789abcdef0123456789abcdef01234567", oneTable: true}},
+		{"# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\nrun_id:0123456789abcdef0123456789abcdef01234567\r\n", serverInfo{runID: "0123456789abcdef0123456789abcdef01234567"}}, // not known to be Redis
+		{"redis_mode:standalone\r\nrun_id:abc\r\nexecutable:/x\r\n", serverInfo{runID: "abc"}},
 		{"# Server\r\nredis_mode:cluster\r\nrun_id:abc\r\n", serverInfo{runID: "abc"}},
 		{"# Server\r\nredis_mode:sentinel\r\nrun_id:abc\r\n", serverInfo{runID: "abc"}},
 		{"redis_mode:standalone\r\n", serverInfo{}},
@@ -215,5 +217,66 @@ func TestParseServerInfo(t *testing.T) {
 		if got := parseServerInfo(tt.text); got != tt.want {
 			t.Errorf("parseServerInfo(%q) = %+v, want %+v", tt.text, got, tt.want)
 		}
+	}
+}
+
+// A page whose scripts Redis lost (SCRIPT FLUSH, a new server) is sent
+// again, rebuilt: go-redis empties a pipeline it ran, so sending the same
+// one again would send nothing and the page's bumps would be lost.
+func TestPassPageAfterNoScript(t *testing.T) {
+	r := testRedis(t)
+	ctx := context.Background()
+	rdb := r.Client()
+	defer rdb.Close()
+	fill(t, ctx, rdb, "v:", 50)
+	iv := newInvalidator(t, Options{URL: r.URL()})
+	bump := mapping.Invalidation{Action: mapping.Bump, Key: "v:*", Pattern: true, Version: 7, Aux: mapping.KeyFormat{Suffix: ":ver"}}
+	if _, err := iv.ApplyPass(ctx, 1, []mapping.Invalidation{bump}); err != nil {
+		t.Fatal(err)
+	}
+	rdb.ScriptFlush(ctx)
+	bump.Version = 9
+	if _, err := iv.ApplyPass(ctx, 2, []mapping.Invalidation{bump}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if v := rdb.Get(ctx, "v:"+strconv.Itoa(i)+":ver").Val(); v != "9" {
+			t.Fatalf("v:%d:ver = %q after a pass that met NOSCRIPT, want 9", i, v)
+		}
+	}
+}
+
+// A pass before this one that failed in an earlier run (its context
+// ended: the pipeline stopped) does not fail the passes of the next run;
+// one of the same run (same context) does, and records nothing.
+func TestPassAfterAFailedOne(t *testing.T) {
+	r := testRedis(t)
+	ctx := context.Background()
+	rdb := r.Client()
+	defer rdb.Close()
+	fill(t, ctx, rdb, "x:", 20000)
+	iv := newInvalidator(t, Options{URL: r.URL(), Watermark: "wm", ScanCount: 10})
+	old, cancel := context.WithCancel(ctx)
+	a := iv.StartPass(old, 0x100, []mapping.Invalidation{pat("x:*")})
+	b := iv.StartPass(old, 0x200, nil)
+	cancel()
+	if _, err := a.Wait(); err == nil {
+		t.Fatal("a pass whose context ended returned nil")
+	}
+	if _, err := b.Wait(); err == nil {
+		t.Fatal("a pass after a failed one of the same run returned nil")
+	}
+	if v := rdb.Get(ctx, "wm").Val(); v != "" {
+		t.Errorf("watermark %q written by a run that failed", v)
+	}
+	if _, err := iv.ApplyPass(ctx, 0x50, []mapping.Invalidation{pat("nothing:*")}); err != nil {
+		t.Fatalf("the next run's pass: %v", err)
+	}
+	if v := rdb.Get(ctx, "wm").Val(); v != wal.LSN(0x50).String() {
+		t.Errorf("watermark %q, want %s", v, wal.LSN(0x50))
+	}
+	iv.Close()
+	if _, err := iv.ApplyPass(ctx, 0x60, []mapping.Invalidation{pat("x:*")}); err == nil {
+		t.Error("a pass after Close returned nil")
 	}
 }

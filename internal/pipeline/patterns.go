@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -52,6 +53,7 @@ type awaitingPass struct {
 	patterns []mapping.Invalidation // copies; none for a batch only waiting its turn
 	fences   []mapping.Invalidation
 	commits  []time.Time // commit times of its transactions with patterns
+	indexed  int         // its patterns that isIndexedViaPass
 }
 
 type passResult struct {
@@ -76,7 +78,11 @@ type patternStage struct {
 	queued   []awaitingPass
 	flights  []*flight
 	patterns int // in queued
-	done     chan *flight
+	// indexedViaPass counts the patterns of queued and flying batches
+	// that act on indexes other than by deleting them with the direct
+	// keys: while any waits, no index is deleted with the direct keys.
+	indexedViaPass int
+	done           chan *flight
 }
 
 // due says whether a pass should start now: batches wait and there is
@@ -92,8 +98,26 @@ func (s *patternStage) busy() bool { return len(s.flights) > 0 || len(s.queued) 
 // pushPass queues a for the next pass (see patternStage.due).
 func (p *Pipeline) pushPass(a awaitingPass) {
 	s := p.stage
+	for _, inv := range a.patterns {
+		if isIndexedViaPass(inv) {
+			a.indexed++
+		}
+	}
 	s.queued = append(s.queued, a)
 	s.patterns += len(a.patterns)
+	s.indexedViaPass += a.indexed
+}
+
+// isIndexedViaPass: inv acts on an index other than by deleting its
+// family (a fence, bump or stale, or also a scan), which only a pass does.
+// A delete that goes to a pass (a batch too large to inline) is not one:
+// it and a delete with the direct keys may overlap harmlessly.
+func isIndexedViaPass(inv mapping.Invalidation) bool {
+	return inv.Pattern && inv.Template != nil && inv.Template.Indexed && !invalidator.Inline(inv)
+}
+
+func hasIndexedViaPass(invs []mapping.Invalidation) bool {
+	return slices.ContainsFunc(invs, isIndexedViaPass)
 }
 
 func (p *Pipeline) startPass(ctx context.Context) {
@@ -139,6 +163,7 @@ func (p *Pipeline) landFlight(ctx context.Context, f *flight) error {
 		IndexHits: r.st.IndexHits, Scanned: r.st.Scanned, Attempts: r.st.Attempts, Acked: now,
 	}
 	for _, a := range f.batches {
+		p.stage.indexedViaPass -= a.indexed
 		pp.Batches++
 		pp.Commits = append(pp.Commits, a.commits...)
 		if err := p.acknowledge(ctx, a.end, a.txs, a.fences, now); err != nil {

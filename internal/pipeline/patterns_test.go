@@ -233,3 +233,23 @@ func TestPassDue(t *testing.T) {
 		}
 	}
 }
+
+func TestIsIndexedViaPass(t *testing.T) {
+	indexed := &mapping.Template{Indexed: true}
+	scanToo := &mapping.Template{Indexed: true, AlsoScan: true}
+	for _, tt := range []struct {
+		name string
+		inv  mapping.Invalidation
+		want bool
+	}{
+		{"a direct key", mapping.Invalidation{Key: "k"}, false},
+		{"a scanned pattern", mapping.Invalidation{Key: "p:*", Pattern: true}, false},
+		{"an indexed delete (inlined)", mapping.Invalidation{Key: "p:*", Pattern: true, Action: mapping.Delete, Template: indexed}, false},
+		{"an indexed fence", mapping.Invalidation{Key: "p:*", Pattern: true, Action: mapping.Fence, Template: indexed}, true},
+		{"an indexed delete also scanned", mapping.Invalidation{Key: "p:*", Pattern: true, Action: mapping.Delete, Template: scanToo}, true},
+	} {
+		if got := isIndexedViaPass(tt.inv); got != tt.want {
+			t.Errorf("%s: %t, want %t", tt.name, got, tt.want)
+		}
+	}
+}

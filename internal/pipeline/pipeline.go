@@ -415,10 +415,14 @@ func (p *Pipeline) apply(ctx context.Context, batch []*committed, buf *applyBuff
 		to := min(from+p.opts.ChunkInvalidations, plan.Len())
 		*invs = plan.AppendInvalidations((*invs)[:0], from, to)
 		if p.passer != nil {
-			// Patterns wait for the next pass; the direct keys go now.
+			// Patterns wait for the next pass; the direct keys go now,
+			// with the indexed families that are deleted, unless a pass
+			// may still act on an index (fence, bump or stale it, or
+			// scan too) that such a delete would take from under it.
+			inline := plan.Len() <= p.opts.ChunkInvalidations && p.stage.indexedViaPass == 0 && !hasIndexedViaPass(*invs)
 			direct := (*invs)[:0]
 			for _, inv := range *invs {
-				if inv.Pattern && !invalidator.Inline(inv) {
+				if inv.Pattern && !(inline && invalidator.Inline(inv)) {
 					patterns = append(patterns, inv)
 				} else {
 					direct = append(direct, inv)
