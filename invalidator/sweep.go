@@ -48,6 +48,7 @@ type sweep struct {
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 	pages   atomic.Int64 // SCAN pages walked, ever (for tests)
+	warned  atomic.Bool  // INFO refused, said once
 }
 
 // sweepJoin is one pass in the walk. Its fields past done are the walk's.
@@ -258,6 +259,7 @@ func (s *sweep) walk(ctx context.Context, gen int) {
 		}
 		if err == nil {
 			runID, midWalk = info.runID, info.oneTable
+			s.noteRefused(info)
 			err = s.apply(ctx, m, keys, hits)
 			credit(hits)
 		}
@@ -333,6 +335,7 @@ func (s *sweep) walkNode(ctx context.Context, node redis.UniversalClient, m *mat
 			return scanned, err
 		}
 		runID = info.runID
+		s.noteRefused(info)
 		scanned += len(keys)
 		if err := s.apply(ctx, m, keys, hits); err != nil {
 			return scanned, err
@@ -406,6 +409,15 @@ func (s *sweep) queue(ctx context.Context, m *matcher, keys []string, hits map[*
 	return b, nil
 }
 
+// noteRefused says, once, that walks go on without knowing their server:
+// still exact between restarts, but blind to one mid-walk, and whole.
+func (s *sweep) noteRefused(info serverInfo) {
+	if info.refused != nil && s.warned.CompareAndSwap(false, true) {
+		s.iv.log.Warn("INFO refused: pattern passes cannot notice a Redis restart or failover mid-walk, and wait for whole walks; grant +info",
+			zap.Error(info.refused))
+	}
+}
+
 // credit counts matches to the passes that wait for their patterns.
 func credit(hits map[*matchEntry]int) {
 	for e, n := range hits {
@@ -419,6 +431,7 @@ func credit(hits map[*matchEntry]int) {
 // serverInfo is what a walk needs to know of the server it is on.
 type serverInfo struct {
 	runID    string // "" when INFO is refused: a restart then goes unseen, as before
+	refused  error  // why INFO failed, if it did
 	oneTable bool   // one hash table: a pass may join mid-walk
 }
 
@@ -439,7 +452,7 @@ func page(ctx context.Context, node redis.UniversalClient, cursor uint64, match 
 	}
 	text, err := info.Result()
 	if err != nil {
-		return keys, next, serverInfo{}, nil
+		return keys, next, serverInfo{refused: err}, nil
 	}
 	return keys, next, parseServerInfo(text), nil
 }
